@@ -1,0 +1,257 @@
+"""Read crystal structures (and any measured reflections) from CIF files.
+
+gemmi parses; this module turns each data block that holds atoms into a
+:class:`phasenet.structure.Structure`, or into a :class:`ReadFailure` whose reason
+a person can act on. Nothing here raises for bad input: failures are returned.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from phasenet import _cctbx_first  # noqa: F401  (before gemmi)
+import gemmi  # noqa: E402
+
+from phasenet.structure import AtomicModel, Structure  # noqa: E402
+from phasenet import hkl_reader  # noqa: E402
+
+#: U_iso (Å²) given to atoms without displacement parameters (computed-database CIFs
+#: lack them). B = 8π²U ≈ 3.2 Å², typical of organic crystals near room temperature.
+DEFAULT_U_ISO = 0.04
+
+
+@dataclass(frozen=True)
+class ReadFailure:
+    source: str
+    block: str
+    reason: str
+    kind: str = "invalid-structure"
+
+    def __str__(self) -> str:
+        where = f"{self.source}" + (f" [block {self.block}]" if self.block else "")
+        return f"{where}: {self.reason}"
+
+
+class StructureError(ValueError):
+    """A data block that cannot become a structure; the message says why.
+
+    ``kind`` is a short category used to summarise failures by reason.
+    """
+
+    def __init__(self, message: str, kind: str = "invalid-structure"):
+        super().__init__(message)
+        self.kind = kind
+
+
+def _block_has_atoms(block) -> bool:
+    return len(block.find_loop("_atom_site_fract_x")) > 0 or block.find_value(
+        "_atom_site_fract_x"
+    ) is not None
+
+
+def _group_from_symops(triplets: list[str]):
+    ops = []
+    for t in triplets:
+        try:
+            ops.append(gemmi.Op(t))
+        except Exception as exc:  # gemmi raises RuntimeError for bad triplets
+            raise StructureError(f"cannot parse symmetry operator {t!r} ({exc})", "bad-symmetry") from None
+    group = gemmi.GroupOps(ops)
+    # Closure check: damaged files list operators that do not form a group.
+    full = [op for op in group]
+    seeds = {op.triplet() for op in full}
+    for a in ops:
+        for b in ops:
+            if (a * b).wrap().triplet() not in seeds:
+                raise StructureError(
+                    "symmetry operators do not form a group "
+                    f"({a.triplet()} * {b.triplet()} is not in the list)",
+                    "bad-symmetry",
+                )
+    return group
+
+
+def _symmetry(ss, block) -> tuple[list[str], str, int]:
+    """(operators, H-M symbol, number) from the operators, else Hall, else H-M."""
+    triplets = list(ss.symops)
+    sg = None
+    if triplets:
+        group = _group_from_symops(triplets)
+        sg = gemmi.find_spacegroup_by_ops(group)
+    else:
+        if ss.spacegroup_hall:
+            try:
+                group = gemmi.symops_from_hall(ss.spacegroup_hall)
+            except Exception:
+                raise StructureError(f"cannot interpret Hall symbol {ss.spacegroup_hall!r}", "bad-symmetry") from None
+            sg = gemmi.find_spacegroup_by_ops(group)
+        elif ss.spacegroup_hm:
+            sg = gemmi.find_spacegroup_by_name(ss.spacegroup_hm)
+            if sg is None:
+                raise StructureError(f"unknown space-group symbol {ss.spacegroup_hm!r}", "bad-symmetry")
+            group = sg.operations()
+        else:
+            raise StructureError(
+                "no symmetry: no symmetry operators, Hall symbol or H-M symbol", "no-symmetry"
+            )
+        triplets = [op.triplet() for op in group]
+    if sg is not None:
+        return [op.triplet() for op in group], sg.xhm(), sg.number
+    hm = ss.spacegroup_hm or ""
+    return [op.triplet() for op in group], hm, 0
+
+
+def _cell(ss) -> tuple[float, ...]:
+    c = ss.cell
+    params = (c.a, c.b, c.c, c.alpha, c.beta, c.gamma)
+    if not all(math.isfinite(p) and p > 0 for p in params) or not (c.volume > 0):
+        raise StructureError(
+            "no valid unit cell (_cell_length_a/b/c and _cell_angle_alpha/beta/gamma)", "no-cell"
+        )
+    if c.volume < 1.0 or not math.isfinite(c.volume):
+        raise StructureError(f"unit cell volume {c.volume:.3g} Å³ is not physical", "no-cell")
+    return tuple(float(p) for p in params)
+
+
+def _u_eq(cell, u6) -> float:
+    """U_eq = trace(U_cart)/3 of CIF U_ij (U_cart = A N U N Aᵀ, N = diag(a*, b*, c*))."""
+    u = np.array([[u6[0], u6[3], u6[4]], [u6[3], u6[1], u6[5]], [u6[4], u6[5], u6[2]]])
+    a = np.array(cell.orth.mat.tolist())
+    rec = cell.reciprocal()
+    n = np.diag([rec.a, rec.b, rec.c])
+    return float(np.trace(a @ n @ u @ n @ a.T) / 3.0)
+
+
+def _atoms(ss, default_u: float) -> tuple[AtomicModel, list[str]]:
+    notes: list[str] = []
+    rows = []
+    skipped_h = 0
+    for site in ss.sites:
+        xyz = site.fract.tolist()
+        name = site.element.name
+        if name == "X":
+            raise StructureError(
+                f"atom {site.label!r} has type {site.type_symbol or site.label!r}, "
+                "which is not a chemical element",
+                "unknown-element",
+            )
+        if not all(math.isfinite(v) for v in xyz):
+            if site.element.is_hydrogen:
+                skipped_h += 1
+                continue
+            raise StructureError(f"atom {site.label!r} has no coordinates", "missing-coordinates")
+        occ = site.occ if math.isfinite(site.occ) else 1.0
+        if occ < 0 or occ > 1.0001:
+            raise StructureError(f"atom {site.label!r} has occupancy {occ}, outside [0, 1]", "bad-occupancy")
+        aniso = site.aniso
+        if aniso.nonzero():
+            u6 = [aniso.u11, aniso.u22, aniso.u33, aniso.u12, aniso.u13, aniso.u23]
+            u_iso = _u_eq(ss.cell, u6)
+            defaulted = False
+        elif math.isfinite(site.u_iso) and site.u_iso > 0:
+            u6 = [math.nan] * 6
+            u_iso, defaulted = site.u_iso, False
+        else:
+            u6 = [math.nan] * 6
+            u_iso, defaulted = default_u, True
+        rows.append((site.label, name, site.charge, xyz, occ, u_iso, u6, defaulted))
+    if not rows:
+        raise StructureError("no atoms with coordinates", "no-atoms")
+    if skipped_h:
+        notes.append(f"{skipped_h} hydrogen atoms without coordinates skipped")
+    model = AtomicModel(
+        label=np.array([r[0] for r in rows], dtype=object).astype(str),
+        element=np.array([r[1] for r in rows]).astype(str),
+        charge=np.array([r[2] for r in rows], dtype=np.int8),
+        frac=np.array([r[3] for r in rows], dtype=np.float64),
+        occupancy=np.array([r[4] for r in rows], dtype=np.float64),
+        u_iso=np.array([r[5] for r in rows], dtype=np.float64),
+        u_aniso=np.array([r[6] for r in rows], dtype=np.float64),
+        u_defaulted=np.array([r[7] for r in rows], dtype=bool),
+    )
+    n_def = int(model.u_defaulted.sum())
+    if n_def:
+        notes.append(f"{n_def} atoms without displacement parameters got U_iso={default_u}")
+    return model, notes
+
+
+def structure_from_block(block, source: str, default_u: float = DEFAULT_U_ISO,
+                         read_observations: bool = True) -> Structure:
+    """Turn one gemmi CIF block into a Structure (raises StructureError)."""
+    try:
+        ss = gemmi.make_small_structure_from_block(block)
+    except Exception as exc:
+        raise StructureError(f"unreadable atom or cell data ({exc})", "unreadable-cif") from None
+    cell = _cell(ss)
+    symops, hm, number = _symmetry(ss, block)
+    atoms, notes = _atoms(ss, default_u)
+    obs = None
+    if read_observations:
+        try:
+            obs = hkl_reader.observations_from_block(block, source)
+        except hkl_reader.ReflectionError as exc:
+            notes.append(f"measured reflections ignored: {exc}")
+    return Structure(
+        source=source,
+        block=block.name,
+        cell=cell,
+        symops=tuple(symops),
+        space_group=hm,
+        sg_number=number,
+        atoms=atoms,
+        observations=obs,
+        notes=tuple(notes),
+    )
+
+
+def read_cif(path: str | Path, default_u: float = DEFAULT_U_ISO,
+             read_observations: bool = True) -> list[Structure | ReadFailure]:
+    """Every data block with atoms in ``path``, as Structure or ReadFailure.
+
+    A paired reflection file with the same stem (``.hkl``, else ``.fcf``) supplies
+    measured data to a structure whose block carries none.
+    """
+    source = str(path)
+    try:
+        doc = gemmi.cif.read(source)
+    except Exception as exc:
+        return [ReadFailure(source, "", f"not a readable CIF file ({_short(exc)})", "unreadable-cif")]
+    results: list[Structure | ReadFailure] = []
+    for block in doc:
+        if not _block_has_atoms(block):
+            continue
+        try:
+            results.append(structure_from_block(block, source, default_u, read_observations))
+        except StructureError as exc:
+            results.append(ReadFailure(source, block.name, str(exc), exc.kind))
+        except Exception as exc:  # a reader bug must not stop a batch either
+            results.append(ReadFailure(source, block.name, f"unexpected error: {_short(exc)}", "internal-error"))
+    if not results:
+        results.append(ReadFailure(source, "", "no data block with atom sites (_atom_site_fract_x)", "no-atoms"))
+        return results
+    if read_observations:
+        structures = [r for r in results if isinstance(r, Structure)]
+        if len(structures) == 1 and structures[0].observations is None:
+            block = doc.find_block(structures[0].block)
+            paired = hkl_reader.paired_observations(Path(source), hkl_reader.hklf_code(block))
+            if paired is not None:
+                results[results.index(structures[0])] = _with_obs(structures[0], paired)
+    return results
+
+
+def _with_obs(s: Structure, obs) -> Structure:
+    from dataclasses import replace
+
+    if isinstance(obs, str):  # an error message from the paired-file reader
+        return replace(s, notes=s.notes + (f"paired reflection file ignored: {obs}",))
+    return replace(s, observations=obs)
+
+
+def _short(exc: Exception) -> str:
+    msg = str(exc).strip().splitlines()
+    text = msg[0] if msg else type(exc).__name__
+    return text if len(text) < 200 else text[:197] + "..."

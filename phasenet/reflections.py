@@ -1,0 +1,116 @@
+"""The canonical reflection set and index bookkeeping on it.
+
+Every dataset stores the same reflections in the same order: all (h, k, l) with
+|h|, |k|, |l| <= max_index, without (0, 0, 0), keeping one reflection of each
+Friedel pair (h and -h), optionally cut to a sphere h²+k²+l² < r2_max. The
+representative of a Friedel pair is the one whose first non-zero index is
+positive. Order: by h²+k²+l², then h, then k, then l.
+
+max_index 10 gives 4630 reflections; adding r2_max=50 gives the study's 709.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+DEFAULT_MAX_INDEX = 10
+
+
+def _is_representative(hkl: np.ndarray) -> np.ndarray:
+    """True where the first non-zero index is positive (one of each Friedel pair)."""
+    h, k, l = hkl[:, 0], hkl[:, 1], hkl[:, 2]
+    return (h > 0) | ((h == 0) & (k > 0)) | ((h == 0) & (k == 0) & (l > 0))
+
+
+@lru_cache(maxsize=16)
+def _canonical_hkl_cached(max_index: int, r2_max: int | None) -> np.ndarray:
+    r = np.arange(-max_index, max_index + 1)
+    hkl = np.stack(np.meshgrid(r, r, r, indexing="ij"), axis=-1).reshape(-1, 3)
+    hkl = hkl[_is_representative(hkl)]
+    r2 = (hkl**2).sum(axis=1)
+    if r2_max is not None:
+        hkl, r2 = hkl[r2 < r2_max], r2[r2 < r2_max]
+    order = np.lexsort((hkl[:, 2], hkl[:, 1], hkl[:, 0], r2))
+    out = np.ascontiguousarray(hkl[order].astype(np.int32))
+    out.setflags(write=False)
+    return out
+
+
+def canonical_hkl(max_index: int = DEFAULT_MAX_INDEX, r2_max: int | None = None) -> np.ndarray:
+    """The canonical reflection list, shape (R, 3), int32, read-only.
+
+    >>> canonical_hkl().shape
+    (4630, 3)
+    >>> canonical_hkl(r2_max=50).shape
+    (709, 3)
+    >>> canonical_hkl()[:3].tolist()
+    [[0, 0, 1], [0, 1, 0], [1, 0, 0]]
+    """
+    if max_index < 1:
+        raise ValueError(f"max_index must be >= 1, got {max_index}")
+    if r2_max is not None and r2_max < 2:
+        raise ValueError(f"r2_max must be >= 2 (or None for no sphere cut), got {r2_max}")
+    return _canonical_hkl_cached(int(max_index), None if r2_max is None else int(r2_max))
+
+
+def friedel_representative(hkl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Map each row to its Friedel representative; also return which rows were flipped."""
+    hkl = np.asarray(hkl)
+    flipped = ~_is_representative(hkl)
+    rep = np.where(flipped[:, None], -hkl, hkl)
+    return rep, flipped
+
+
+def hkl_keys(hkl: np.ndarray, offset: int = 512) -> np.ndarray:
+    """Pack integer (h, k, l) rows into one int64 key each (for lookups and merging)."""
+    hkl = np.asarray(hkl, dtype=np.int64) + offset
+    return (hkl[:, 0] * 1024 + hkl[:, 1]) * 1024 + hkl[:, 2]
+
+
+def laue_asu_keys(hkl: np.ndarray, rotations: np.ndarray) -> np.ndarray:
+    """A key per reflection that is equal for all symmetry equivalents and Friedel mates.
+
+    ``rotations`` (m, 3, 3) are the rotation parts of the space-group operators acting
+    on fractional coordinates (x' = R x + t); reflections transform as h' = h R.
+    The key is the largest packed key over the orbit {±h R}.
+    """
+    hkl = np.asarray(hkl, dtype=np.int64)
+    rots = np.asarray(rotations, dtype=np.int64)
+    eq = np.einsum("ni,mij->mnj", hkl, rots)  # (m, n, 3)
+    eq = np.concatenate([eq, -eq], axis=0)
+    keys = hkl_keys(eq.reshape(-1, 3)).reshape(eq.shape[0], eq.shape[1])
+    return keys.max(axis=0)
+
+
+def lookup(grid_hkl: np.ndarray, hkl: np.ndarray) -> np.ndarray:
+    """Positions of ``hkl`` rows in ``grid_hkl`` (-1 where absent)."""
+    gk = hkl_keys(grid_hkl)
+    order = np.argsort(gk)
+    sk = gk[order]
+    q = hkl_keys(hkl)
+    pos = np.searchsorted(sk, q)
+    pos = np.clip(pos, 0, len(sk) - 1)
+    found = sk[pos] == q
+    return np.where(found, order[pos], -1)
+
+
+def resolution_d(hkl: np.ndarray, cell) -> np.ndarray:
+    """d-spacing (Å) of each reflection in a cell given as a gemmi.UnitCell."""
+    s2 = reciprocal_s2(hkl, cell)
+    with np.errstate(divide="ignore"):
+        return 1.0 / np.sqrt(s2)
+
+
+def reciprocal_metric(cell) -> np.ndarray:
+    """Reciprocal metric tensor G* (3x3) of a gemmi.UnitCell: s² = hᵀ G* h."""
+    frac = np.array(cell.frac.mat.tolist())  # fractionalisation matrix
+    return frac @ frac.T
+
+
+def reciprocal_s2(hkl: np.ndarray, cell) -> np.ndarray:
+    """|s|² = 1/d² for each reflection."""
+    g = reciprocal_metric(cell)
+    h = np.asarray(hkl, dtype=np.float64)
+    return np.einsum("ni,ij,nj->n", h, g, h)
