@@ -208,7 +208,10 @@ def build_dataset(inputs, output, options: BuildOptions | None = None, *,
     parts_dir.mkdir(parents=True, exist_ok=True)
     state.write_text(json.dumps({"fingerprint": fingerprint, "n_files": len(files)}))
 
-    slices = [files[i:i + options.chunk_size] for i in range(0, len(files), options.chunk_size)]
+    # Slices depend only on the inputs and options (never on the worker count), so a
+    # resumed build cuts the same parts. Small builds get >= 16 slices for balance.
+    size = min(options.chunk_size, max(1, -(-len(files) // 16)))
+    slices = [files[i:i + size] for i in range(0, len(files), size)]
     part_paths = [parts_dir / f"part-{i:06d}.h5" for i in range(len(slices))]
     todo = [(i, [str(f) for f in s], options, parts_dir)
             for i, s in enumerate(slices) if not part_paths[i].exists()]
@@ -236,11 +239,12 @@ def build_dataset(inputs, output, options: BuildOptions | None = None, *,
     finally:
         bar.close()
 
-    merge_bar = _progress_bar(len(files), "merging", progress)
+    merge_bar = _progress_bar(len(part_paths), "merging", progress)
+    merge_bar.unit = "part"
     result = dataset.merge_parts(part_paths, output, build_options=options.result_options(),
                                  test_fraction=options.test_fraction, seed=options.seed,
                                  compression=options.compression,
-                                 progress=lambda n: merge_bar.update(0))
+                                 progress=lambda n: merge_bar.update(1))
     merge_bar.close()
     shutil.rmtree(parts_dir, ignore_errors=True)
     failures = result["failures"]

@@ -75,24 +75,57 @@ def _group_from_symops(triplets: list[str]):
     return group
 
 
+_SYMOP_TAGS = ("_space_group_symop_operation_xyz", "_space_group_symop.operation_xyz",
+               "_symmetry_equiv_pos_as_xyz", "_symmetry_equiv.pos_as_xyz")
+_HALL_TAGS = ("_space_group_name_Hall", "_space_group.name_Hall",
+              "_symmetry_space_group_name_Hall", "_symmetry.space_group_name_Hall")
+_HM_TAGS = ("_space_group_name_H-M_alt", "_space_group.name_H-M_alt",
+            "_symmetry_space_group_name_H-M", "_symmetry.space_group_name_H-M")
+
+
+def _first_value(block, tags) -> str:
+    for tag in tags:
+        v = block.find_value(tag)
+        if v is not None and v not in ("?", "."):
+            return gemmi.cif.as_string(v).strip()
+    return ""
+
+
+def _symops_in_block(block) -> list[str]:
+    for tag in _SYMOP_TAGS:
+        col = block.find_loop(tag)
+        if len(col):
+            return [gemmi.cif.as_string(v) for v in col]
+        v = block.find_value(tag)
+        if v is not None:
+            return [gemmi.cif.as_string(v)]
+    return []
+
+
 def _symmetry(ss, block) -> tuple[list[str], str, int]:
-    """(operators, H-M symbol, number) from the operators, else Hall, else H-M."""
-    triplets = list(ss.symops)
+    """(operators, H-M symbol, number) from the operators, else Hall, else H-M.
+
+    Both CIF1 (``_space_group_symop_operation_xyz``) and DDLm/CIF2 dotted tags
+    (``_space_group_symop.operation_xyz``) are understood.
+    """
+    triplets = list(ss.symops) or _symops_in_block(block)
+    hall = ss.spacegroup_hall or _first_value(block, _HALL_TAGS)
+    hm = ss.spacegroup_hm or _first_value(block, _HM_TAGS)
     sg = None
     if triplets:
         group = _group_from_symops(triplets)
         sg = gemmi.find_spacegroup_by_ops(group)
     else:
-        if ss.spacegroup_hall:
+        if hall:
             try:
-                group = gemmi.symops_from_hall(ss.spacegroup_hall)
+                group = gemmi.symops_from_hall(hall)
             except Exception:
-                raise StructureError(f"cannot interpret Hall symbol {ss.spacegroup_hall!r}", "bad-symmetry") from None
+                raise StructureError(f"cannot interpret Hall symbol {hall!r}", "bad-symmetry") from None
             sg = gemmi.find_spacegroup_by_ops(group)
-        elif ss.spacegroup_hm:
-            sg = gemmi.find_spacegroup_by_name(ss.spacegroup_hm)
+        elif hm:
+            sg = gemmi.find_spacegroup_by_name(hm)
             if sg is None:
-                raise StructureError(f"unknown space-group symbol {ss.spacegroup_hm!r}", "bad-symmetry")
+                raise StructureError(f"unknown space-group symbol {hm!r}", "bad-symmetry")
             group = sg.operations()
         else:
             raise StructureError(
@@ -101,7 +134,6 @@ def _symmetry(ss, block) -> tuple[list[str], str, int]:
         triplets = [op.triplet() for op in group]
     if sg is not None:
         return [op.triplet() for op in group], sg.xhm(), sg.number
-    hm = ss.spacegroup_hm or ""
     return [op.triplet() for op in group], hm, 0
 
 
