@@ -211,13 +211,39 @@ def _atoms(ss, default_u: float) -> tuple[AtomicModel, list[str]]:
     return model, notes
 
 
+_SG_NUMBER_TAGS = ("_symmetry_Int_Tables_number", "_space_group_IT_number",
+                   "_space_group.IT_number", "_symmetry.Int_Tables_number")
+
+
+def _unquote_sg_numbers(block) -> bool:
+    """Rewrite quoted or non-numeric space-group numbers that gemmi refuses; True if changed."""
+    changed = False
+    for tag in _SG_NUMBER_TAGS:
+        v = block.find_value(tag)
+        if v is None:
+            continue
+        text = gemmi.cif.as_string(v).strip()
+        if text != v:
+            if text.isdigit():
+                block.set_pair(tag, text)
+            else:
+                block.set_pair(tag, "?")
+            changed = True
+    return changed
+
+
 def structure_from_block(block, source: str, default_u: float = DEFAULT_U_ISO,
                          read_observations: bool = True) -> Structure:
     """Turn one gemmi CIF block into a Structure (raises StructureError)."""
     try:
         ss = gemmi.make_small_structure_from_block(block)
     except Exception as exc:
-        raise StructureError(f"unreadable atom or cell data ({exc})", "unreadable-cif") from None
+        if "not an integer" not in str(exc) or not _unquote_sg_numbers(block):
+            raise StructureError(f"unreadable atom or cell data ({exc})", "unreadable-cif") from None
+        try:  # e.g. _symmetry_Int_Tables_number '19' (quoted) in Tonto files
+            ss = gemmi.make_small_structure_from_block(block)
+        except Exception as exc2:
+            raise StructureError(f"unreadable atom or cell data ({exc2})", "unreadable-cif") from None
     cell = _cell(ss)
     symops, hm, number = _symmetry(ss, block)
     atoms, notes = _atoms(ss, default_u)
@@ -266,12 +292,28 @@ def read_cif(path: str | Path, default_u: float = DEFAULT_U_ISO,
         results.append(ReadFailure(source, "", "no data block with atom sites (_atom_site_fract_x)", "no-atoms"))
         return results
     if read_observations:
-        structures = [r for r in results if isinstance(r, Structure)]
-        if len(structures) == 1 and structures[0].observations is None:
-            block = doc.find_block(structures[0].block)
-            paired = hkl_reader.paired_observations(Path(source), hkl_reader.hklf_code(block))
-            if paired is not None:
-                results[results.index(structures[0])] = _with_obs(structures[0], paired)
+        results = _attach_paired(results, doc, Path(source))
+    return results
+
+
+def _attach_paired(results, doc, source: Path):
+    """A paired stem.hkl/stem.fcf supplies the structure blocks without data of their own,
+    provided those blocks share one cell (within 0.2 %): otherwise which block the
+    data belong to is ambiguous, and each block gets a note instead."""
+    need = [i for i, r in enumerate(results) if isinstance(r, Structure) and r.observations is None]
+    if not need:
+        return results
+    first = results[need[0]]
+    paired = hkl_reader.paired_observations(source, hkl_reader.hklf_code(doc.find_block(first.block)))
+    if paired is None:
+        return results
+    cells = np.array([results[i].cell for i in need])
+    same_cell = np.all(np.abs(cells - cells[0]) <= 2e-3 * np.abs(cells[0]))
+    if not same_cell:
+        paired = "blocks with different cells share it; cannot tell whose data they are"
+    results = list(results)
+    for i in need:
+        results[i] = _with_obs(results[i], paired)
     return results
 
 
