@@ -7,8 +7,7 @@ happens in :mod:`phasenet.merging`.
 Layouts understood:
 - SHELX HKLF 4 (h k l F² σ) and HKLF 3 (h k l F σ), fixed format 3I4,2F8.2 with a
   whitespace-separated fallback; reading stops at the 0 0 0 terminator. The HKLF
-  code comes from the embedded .res (``HKLF n``), else from
-  ``_refine_ls_structure_factor_coef`` (F or Fsqd), else 4.
+  code comes from the embedded .res (``HKLF n``), else 4.
 - ``_refln_index_h/k/l`` loops with ``_refln_F_squared_meas``,
   ``_refln_intensity_meas`` or ``_refln_F_meas`` (and matching sigmas).
 - Tonto ``reflection_data= { keys= { h= k= l= f_exp= f_sigma= } data= {...}}``.
@@ -35,16 +34,16 @@ _HKLF_RE = re.compile(r"^\s*HKLF\s+(-?\d+)", re.IGNORECASE | re.MULTILINE)
 
 
 def hklf_code(block) -> int:
+    """The HKLF code from the block's embedded SHELX instructions, else 4.
+
+    ``_refine_ls_structure_factor_coef`` is not used: it describes the refinement,
+    not the reflection file (Tonto's glyala CIF says F beside an F² file).
+    """
     res = block.find_value("_shelx_res_file") or block.find_value("_iucr_refine_instructions_details")
     if res:
         m = _HKLF_RE.search(gemmi.cif.as_string(res))
         if m:
             return abs(int(m.group(1)))
-    coef = block.find_value("_refine_ls_structure_factor_coef")
-    if coef:
-        c = gemmi.cif.as_string(coef).strip().lower()
-        if c == "f":
-            return 3
     return 4
 
 
