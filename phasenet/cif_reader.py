@@ -151,16 +151,25 @@ def _cell(ss) -> tuple[float, ...]:
 
 def _u_eq(cell, u6) -> float:
     """U_eq = trace(U_cart)/3 of CIF U_ij (U_cart = A N U N Aᵀ, N = diag(a*, b*, c*))."""
+    return float(np.trace(_u_cart(cell, u6)) / 3.0)
+
+
+def _u_cart(cell, u6) -> np.ndarray:
     u = np.array([[u6[0], u6[3], u6[4]], [u6[3], u6[1], u6[5]], [u6[4], u6[5], u6[2]]])
     a = np.array(cell.orth.mat.tolist())
     rec = cell.reciprocal()
     n = np.diag([rec.a, rec.b, rec.c])
-    return float(np.trace(a @ n @ u @ n @ a.T) / 3.0)
+    return a @ n @ u @ n @ a.T
+
+
+def _min_eigenvalue(cell, u6) -> float:
+    return float(np.linalg.eigvalsh(_u_cart(cell, u6)).min())
 
 
 def _atoms(ss, default_u: float) -> tuple[AtomicModel, list[str]]:
     notes: list[str] = []
     rows = []
+    npd: list[str] = []  # non-positive-definite U: kept as given, noted
     skipped_h = 0
     for site in ss.sites:
         xyz = site.fract.tolist()
@@ -183,7 +192,11 @@ def _atoms(ss, default_u: float) -> tuple[AtomicModel, list[str]]:
         if aniso.nonzero():
             u6 = [aniso.u11, aniso.u22, aniso.u33, aniso.u12, aniso.u13, aniso.u23]
             u_iso = _u_eq(ss.cell, u6)
+            if _min_eigenvalue(ss.cell, u6) <= 0:
+                npd.append(site.label)
             defaulted = False
+        elif math.isfinite(site.u_iso) and site.u_iso < 0:
+            raise StructureError(f"atom {site.label!r} has negative U_iso {site.u_iso:.4g}", "bad-adp")
         elif math.isfinite(site.u_iso) and site.u_iso > 0:
             u6 = [math.nan] * 6
             u_iso, defaulted = site.u_iso, False
@@ -193,6 +206,9 @@ def _atoms(ss, default_u: float) -> tuple[AtomicModel, list[str]]:
         rows.append((site.label, name, site.charge, xyz, occ, u_iso, u6, defaulted))
     if not rows:
         raise StructureError("no atoms with coordinates", "no-atoms")
+    if npd:
+        notes.append("non-positive-definite U kept as given: " + ", ".join(npd[:10])
+                     + (" ..." if len(npd) > 10 else ""))
     if skipped_h:
         notes.append(f"{skipped_h} hydrogen atoms without coordinates skipped")
     model = AtomicModel(

@@ -170,11 +170,12 @@ def merge_parts(parts: list[Path], output: Path, *, build_options: dict, test_fr
     tmp = output.with_name(output.name + ".tmp")
     failures: list[dict] = []
     n_inputs = 0
-    sizes = []
+    sizes, atom_counts = [], []
     hkl = None
-    for p in parts:
+    for p in parts:  # first pass: sizes only
         with h5py.File(p, "r") as h5:
             sizes.append(h5["intensity"].shape[0])
+            atom_counts.append(int(h5["atoms/offset"][-1]))
             failures += json.loads(h5.attrs["failures"])
             n_inputs += int(h5.attrs["n_inputs"])
             if hkl is None:
@@ -183,17 +184,21 @@ def merge_parts(parts: list[Path], output: Path, *, build_options: dict, test_fr
                 raise DatasetError(f"{p}: reflection set differs from the other parts")
     if hkl is None:
         raise DatasetError("no parts to merge")
-    n, r = sum(sizes), len(hkl)
+    n, r, m = sum(sizes), len(hkl), sum(atom_counts)
     with h5py.File(tmp, "w") as out:
         out.attrs["complete"] = False
         d = out.create_dataset("hkl", data=hkl)
         d.attrs["order"] = "h^2+k^2+l^2, then h, k, l; one of each Friedel pair; no 000"
         rows = {name: _row_dataset(out, name, n, r, compression) for name in ROW_ARRAYS}
-        cols: dict[str, list] = {k: [] for k in STRUCTURE_COLUMNS if k != "split"}
-        atoms: dict[str, list] = {k: [] for k in ATOM_COLUMNS}
-        offsets = [np.zeros(1, dtype=np.int64)]
-        start = 0
-        for p, size in zip(parts, sizes):
+        g = out.create_group("structures")
+        for k, (dtype, shape, meaning) in STRUCTURE_COLUMNS.items():
+            g.create_dataset(k, shape=(n,) + shape, dtype=dtype).attrs["meaning"] = meaning
+        a = out.create_group("atoms")
+        a.create_dataset("offset", shape=(n + 1,), dtype=np.int64)
+        for k, (dtype, shape) in ATOM_COLUMNS.items():
+            a.create_dataset(k, shape=(m,) + shape, dtype=dtype)
+        start, atom_start = 0, 0
+        for p, size, n_atoms in zip(parts, sizes, atom_counts):  # second pass: stream
             with h5py.File(p, "r") as h5:
                 same_filter = h5["intensity"].compression == compression
                 for name, ds in rows.items():
@@ -204,32 +209,20 @@ def merge_parts(parts: list[Path], output: Path, *, build_options: dict, test_fr
                             ds.id.write_direct_chunk((start + i, 0), chunk, mask)
                     elif size:
                         ds[start:start + size] = src[...]
-                for k in cols:
-                    cols[k].append(h5["structures"][k][...])
-                for k in atoms:
-                    atoms[k].append(h5["atoms"][k][...])
-                offsets.append(h5["atoms/offset"][1:] + offsets[-1][-1])
+                if size:
+                    for k in STRUCTURE_COLUMNS:
+                        if k != "split":
+                            g[k][start:start + size] = h5["structures"][k][...]
+                    ids = [x.decode() if isinstance(x, bytes) else x for x in h5["structures/id"][...]]
+                    g["split"][start:start + size] = split_for_ids(ids, test_fraction, seed)
+                a["offset"][start:start + size + 1] = h5["atoms/offset"][...] + atom_start
+                if n_atoms:
+                    for k in ATOM_COLUMNS:
+                        a[k][atom_start:atom_start + n_atoms] = h5["atoms"][k][...]
             start += size
+            atom_start += n_atoms
             if progress is not None:
                 progress(size)
-        g = out.create_group("structures")
-        ids = None
-        for k, chunks in cols.items():
-            dtype, shape, meaning = STRUCTURE_COLUMNS[k]
-            data = np.concatenate(chunks) if chunks else np.zeros((0,) + shape)
-            if k == "id":
-                ids = [x.decode() if isinstance(x, bytes) else x for x in data]
-            ds = g.create_dataset(k, data=data, dtype=dtype, shape=(n,) + shape)
-            ds.attrs["meaning"] = meaning
-        split = split_for_ids(ids or [], test_fraction, seed)
-        g.create_dataset("split", data=split, dtype=STR, shape=(n,)).attrs["meaning"] = \
-            STRUCTURE_COLUMNS["split"][2]
-        a = out.create_group("atoms")
-        a.create_dataset("offset", data=np.concatenate(offsets))
-        for k, chunks in atoms.items():
-            dtype, shape = ATOM_COLUMNS[k]
-            data = np.concatenate(chunks) if chunks else np.zeros((0,) + shape)
-            a.create_dataset(k, data=data, dtype=dtype, shape=(len(data),) + shape)
         out.attrs["schema_version"] = SCHEMA_VERSION
         out.attrs["phasenet_version"] = __version__
         out.attrs["build_options"] = json.dumps(build_options, sort_keys=True)

@@ -70,6 +70,11 @@ def compute_record(structure: Structure, hkl: np.ndarray, normalisation: str = "
     if origin:  # F is real up to rounding: snap phases to 0 / π exactly
         f = f.real.astype(np.complex128)
     amp2 = (f.real**2 + f.imag**2)
+    with np.errstate(over="ignore", invalid="ignore"):
+        bad = not np.isfinite(amp2).all() or amp2.max() > np.finfo(np.float32).max
+    if bad:
+        raise ValueError("overflow: displacement parameters far from positive definite"
+                         + (f" ({'; '.join(structure.notes)})" if structure.notes else ""))
     phase = np.angle(f)
     if origin:
         phase = np.where(f.real < 0, np.pi, 0.0)

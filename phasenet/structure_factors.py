@@ -206,11 +206,16 @@ def structure_factors(structure: Structure, hkl: np.ndarray,
     x = (TWO_PI * contents.frac).astype(dtype)
     beta = contents.beta.astype(dtype)
     weight = contents.weight.astype(dtype)
-    for start in range(0, n, block):
+    with np.errstate(over="ignore", invalid="ignore"):  # callers check finiteness
+        _accumulate(x, ht, hh, f, beta, weight, contents.type_index, block, re_sum, im_sum)
+    return re_sum + 1j * im_sum
+
+
+def _accumulate(x, ht, hh, f, beta, weight, type_index, block, re_sum, im_sum):
+    for start in range(0, len(x), block):
         sl = slice(start, start + block)
         theta = x[sl] @ ht  # (b, R) phase arguments 2π h·x
-        w = f[contents.type_index[sl]] * np.exp(-(beta[sl] @ hh))  # f · Debye-Waller
+        w = f[type_index[sl]] * np.exp(-(beta[sl] @ hh))  # f · Debye-Waller
         w *= weight[sl, None]
         re_sum += np.einsum("br,br->r", w, np.cos(theta))
         im_sum += np.einsum("br,br->r", w, np.sin(theta))
-    return re_sum + 1j * im_sum
