@@ -61,6 +61,8 @@ def _group_from_symops(triplets: list[str]):
         except Exception as exc:  # gemmi raises RuntimeError for bad triplets
             raise StructureError(f"cannot parse symmetry operator {t!r} ({exc})", "bad-symmetry") from None
     group = gemmi.GroupOps(ops)
+    if len(ops) == len(list(group)) and gemmi.find_spacegroup_by_ops(group) is not None:
+        return group  # the operators are exactly a tabulated group
     # Closure check: damaged files list operators that do not form a group.
     full = [op for op in group]
     seeds = {op.triplet() for op in full}

@@ -51,6 +51,14 @@ def parse_shelx_hkl(text: str, hklf: int = 4, origin: str = "SHELX hkl") -> Obse
     """Parse SHELX hkl text (HKLF 3 or 4). Stops at the 0 0 0 line."""
     if hklf not in (3, 4):
         raise ReflectionError(f"HKLF {hklf} is not supported (only 3 and 4)")
+    fast = _fixed_format_fast(text)
+    if fast is not None:
+        a = fast
+        kind = "F2" if hklf == 4 else "F"
+        if not len(a):
+            raise ReflectionError(f"{origin}: no reflections")
+        return Observations(hkl=a[:, :3].astype(np.int32), value=a[:, 3], sigma=a[:, 4],
+                            kind=kind, origin=origin)
     rows = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -64,6 +72,35 @@ def parse_shelx_hkl(text: str, hklf: int = 4, origin: str = "SHELX hkl") -> Obse
             break
         rows.append(row)
     return _observations(rows, "F2" if hklf == 4 else "F", origin)
+
+
+_FIXED = np.dtype([("h", "S4"), ("k", "S4"), ("l", "S4"), ("v", "S8"), ("s", "S8")])
+
+
+def _fixed_format_fast(text: str) -> np.ndarray | None:
+    """Vectorised 3I4,2F8 parse (rows h k l value sigma), or None to fall back."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return None
+    try:
+        buf = "".join(ln[:28].ljust(28) for ln in lines).encode("ascii")
+    except UnicodeEncodeError:
+        return None
+    rec = np.frombuffer(buf, dtype=_FIXED)
+    try:
+        hkl = np.stack([rec["h"].astype(np.int64), rec["k"].astype(np.int64),
+                        rec["l"].astype(np.int64)], axis=1)
+        value = rec["v"].astype(np.float64)
+        blank = np.char.strip(rec["s"]) == b""
+        sigma = np.where(blank, b"nan", rec["s"]).astype(np.float64)
+    except ValueError:
+        return None
+    end = np.flatnonzero((hkl == 0).all(axis=1))
+    n = end[0] if len(end) else len(hkl)
+    out = np.column_stack([hkl[:n].astype(np.float64), value[:n], sigma[:n]])
+    if not np.isfinite(out[:, 3]).all():
+        return None
+    return out
 
 
 def _fixed_row(line: str):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from phasenet.reflections import laue_asu_keys
+from phasenet.reflections import laue_asu_keys, reciprocal_metric
 from phasenet.structure import Observations
 
 
@@ -25,9 +25,24 @@ class MergedObservations:
     n_on_grid: int  # grid reflections that received a value
 
 
-def merge_onto_grid(obs: Observations, rotations: np.ndarray, grid_hkl: np.ndarray) -> MergedObservations:
+def merge_onto_grid(obs: Observations, rotations: np.ndarray, grid_hkl: np.ndarray,
+                    cell=None) -> MergedObservations:
+    """Merge ``obs`` and spread it over ``grid_hkl``; ``cell`` (gemmi.UnitCell) lets
+    reflections beyond the grid's resolution be dropped early (same result, faster)."""
     i_obs, s_obs = obs.intensities()
-    keys = laue_asu_keys(obs.hkl, rotations)
+    hkl = np.asarray(obs.hkl)
+    if cell is not None:  # equivalents share |s|: drop what cannot reach the grid
+        gstar = reciprocal_metric(cell)
+        s2 = np.einsum("ni,ij,nj->n", hkl.astype(float), gstar, hkl.astype(float))
+        g2 = np.einsum("ni,ij,nj->n", grid_hkl.astype(float), gstar, grid_hkl.astype(float))
+        near = s2 <= g2.max() * (1 + 1e-6)
+        hkl, i_obs, s_obs = hkl[near], i_obs[near], s_obs[near]
+    if len(hkl) == 0:
+        nan = np.full(len(grid_hkl), np.nan)
+        return MergedObservations(nan, nan.copy(), len(obs.hkl), 0, 0)
+    # symmetry keys once per distinct index, not per measurement
+    uhkl, back = np.unique(hkl, axis=0, return_inverse=True)
+    keys = laue_asu_keys(uhkl, rotations)[back.ravel()]
     uniq, inverse = np.unique(keys, return_inverse=True)
     good_sigma = np.isfinite(s_obs) & (s_obs > 0)
     if good_sigma.all():
@@ -45,4 +60,4 @@ def merge_onto_grid(obs: Observations, rotations: np.ndarray, grid_hkl: np.ndarr
     found = uniq[pos] == grid_keys
     intensity = np.where(found, mean[pos], np.nan)
     sigma = np.where(found, sig[pos], np.nan)
-    return MergedObservations(intensity, sigma, len(i_obs), len(uniq), int(found.sum()))
+    return MergedObservations(intensity, sigma, len(obs.hkl), len(uniq), int(found.sum()))

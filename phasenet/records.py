@@ -61,14 +61,12 @@ def compute_record(structure: Structure, hkl: np.ndarray, normalisation: str = "
     ops = SymmetryOps.from_triplets(structure.symops)
     group = ops.group_ops()
     contents = expand_to_unit_cell(structure)
-    f = structure_factors(structure, hkl, contents)
+    origin = ops.has_origin_inversion
+    f = structure_factors(structure, hkl, contents, real=origin)
 
     absent = np.asarray(group.systematic_absences(np.ascontiguousarray(hkl, dtype=np.int32)), dtype=bool)
     f[absent] = 0.0
     centro = ops.is_centrosymmetric
-    origin = ops.has_origin_inversion
-    if origin:  # F is real up to rounding: snap phases to 0 / π exactly
-        f = f.real.astype(np.complex128)
     amp2 = (f.real**2 + f.imag**2)
     with np.errstate(over="ignore", invalid="ignore"):
         bad = not np.isfinite(amp2).all() or amp2.max() > np.finfo(np.float32).max
@@ -86,7 +84,8 @@ def compute_record(structure: Structure, hkl: np.ndarray, normalisation: str = "
     merged = None
     i_obs = np.full(len(hkl), np.nan)
     if structure.observations is not None:
-        merged = merge_onto_grid(structure.observations, ops.rotations, hkl)
+        merged = merge_onto_grid(structure.observations, ops.rotations, hkl,
+                                 gemmi.UnitCell(*structure.cell))
         i_obs = merged.intensity
 
     kwargs = {}

@@ -184,8 +184,12 @@ def _hh(hkl: np.ndarray) -> np.ndarray:
 
 def structure_factors(structure: Structure, hkl: np.ndarray,
                       contents: UnitCellContents | None = None,
-                      dtype=np.float32) -> np.ndarray:
-    """Complex F (R,) for the reflections ``hkl`` (R, 3)."""
+                      dtype=np.float32, real: bool = False) -> np.ndarray:
+    """Complex F (R,) for the reflections ``hkl`` (R, 3).
+
+    ``real=True`` (for space groups with an inversion centre at the origin, where
+    the sine terms cancel in ±x pairs) skips the imaginary part.
+    """
     if contents is None:
         contents = expand_to_unit_cell(structure)
     cell = gemmi.UnitCell(*structure.cell)
@@ -207,7 +211,8 @@ def structure_factors(structure: Structure, hkl: np.ndarray,
     beta = contents.beta.astype(dtype)
     weight = contents.weight.astype(dtype)
     with np.errstate(over="ignore", invalid="ignore"):  # callers check finiteness
-        _accumulate(x, ht, hh, f, beta, weight, contents.type_index, block, re_sum, im_sum)
+        _accumulate(x, ht, hh, f, beta, weight, contents.type_index, block, re_sum,
+                    None if real else im_sum)
     return re_sum + 1j * im_sum
 
 
@@ -218,4 +223,5 @@ def _accumulate(x, ht, hh, f, beta, weight, type_index, block, re_sum, im_sum):
         w = f[type_index[sl]] * np.exp(-(beta[sl] @ hh))  # f · Debye-Waller
         w *= weight[sl, None]
         re_sum += np.einsum("br,br->r", w, np.cos(theta))
-        im_sum += np.einsum("br,br->r", w, np.sin(theta))
+        if im_sum is not None:
+            im_sum += np.einsum("br,br->r", w, np.sin(theta))
