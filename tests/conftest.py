@@ -1,0 +1,79 @@
+"""Shared fixtures: the real CIF corpus next to the repository, and its manifest.
+
+``import phasenet`` must stay the very first import: cctbx (loaded by phasenet)
+segfaults if gemmi, scipy.linalg or matplotlib.pyplot were imported before it.
+"""
+
+import phasenet  # noqa: F401  (first: cctbx import order)
+
+from pathlib import Path
+
+import pytest
+
+#: ../shared/data/real relative to the repository root; never copied into the repo.
+REAL_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def real_data_available() -> bool:
+    return (REAL_DATA_DIR / "manifest.csv").is_file() and (REAL_DATA_DIR / "cif").is_dir()
+
+
+def _skip_without_real_data():
+    if not real_data_available():
+        pytest.skip(f"../shared/data/real not found: {REAL_DATA_DIR} (with manifest.csv and cif/) "
+                    "is needed for tests on real CIF files")
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    """The real-data folder (skips the test when it is absent)."""
+    _skip_without_real_data()
+    return REAL_DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def real_cif_dir(real_data_dir) -> Path:
+    return real_data_dir / "cif"
+
+
+@pytest.fixture(scope="session")
+def manifest(real_data_dir):
+    """manifest.csv as a DataFrame, with ``path`` (absolute) and ``notes`` ('' if empty)."""
+    import pandas as pd
+
+    m = pd.read_csv(real_data_dir / "manifest.csv")
+    m["notes"] = m["notes"].fillna("")
+    m["path"] = [str(real_data_dir / f) for f in m["file"]]
+    return m
+
+
+@pytest.fixture(scope="session")
+def real_cif(real_cif_dir):
+    """real_cif("name.cif") -> Path, failing clearly if the corpus lacks that file."""
+
+    def get(name: str) -> Path:
+        p = real_cif_dir / name
+        if not p.is_file():
+            pytest.fail(f"expected real file {name} in {real_cif_dir}")
+        return p
+
+    return get
+
+
+def first_structure(path):
+    """The first Structure read from ``path`` (fails the test if there is none)."""
+    from phasenet.cif_reader import read_cif
+    from phasenet.structure import Structure
+
+    items = read_cif(path)
+    for item in items:
+        if isinstance(item, Structure):
+            return item
+    pytest.fail(f"{path}: no structure read: {[str(i) for i in items]}")
+
+
+@pytest.fixture(scope="session")
+def structure_of(real_cif):
+    """structure_of("name.cif") -> the file's first Structure."""
+    return lambda name: first_structure(real_cif(name))

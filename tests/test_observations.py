@@ -1,0 +1,201 @@
+"""Measured reflections: parsing (SHELX HKLF 4/3, Tonto, _refln loops), merging of
+symmetry equivalents, and agreement of real measured data with calculated intensities."""
+
+import phasenet  # noqa: F401  (first: cctbx import order)
+
+import numpy as np
+import pytest
+
+from conftest import REAL_DATA_DIR, real_data_available
+from phasenet.cif_reader import read_cif
+from phasenet.hkl_reader import ReflectionError, parse_shelx_hkl, parse_tonto
+from phasenet.merging import merge_onto_grid
+from phasenet.records import compute_record
+from phasenet.reflections import canonical_hkl, laue_asu_keys
+from phasenet.structure import Observations, Structure
+from phasenet.structure_factors import SymmetryOps
+
+HKL = canonical_hkl()
+
+# ------------------------------------------------------------------ parsing
+
+
+def test_hklf4_fixed_width_run_together():
+    text = ("  -1-10  3   12.34    0.56\n"
+            "   1   2-13 1234.56   10.00\n"
+            " -12 -13 -14    1.00\n"
+            "   2   0   0-1234.5    7.50   3\n"  # negative F², batch number column
+            "   0   0   0    0.00    0.00\n"
+            "this line after the terminator is never read\n")
+    obs = parse_shelx_hkl(text, 4)
+    assert obs.kind == "F2"
+    assert obs.hkl.tolist() == [[-1, -10, 3], [1, 2, -13], [-12, -13, -14], [2, 0, 0]]
+    assert obs.value.tolist() == [12.34, 1234.56, 1.0, -1234.5]
+    assert obs.sigma[:2].tolist() == [0.56, 10.0] and np.isnan(obs.sigma[2])
+    i, s = obs.intensities()
+    assert i.tolist() == obs.value.tolist()
+
+
+def test_hklf3_amplitudes():
+    obs = parse_shelx_hkl("   1   0   0   10.00    0.50\n  -2   1   3    3.00    0.25\n", 3)
+    assert obs.kind == "F"
+    i, s = obs.intensities()
+    assert i.tolist() == [100.0, 9.0]
+    assert s.tolist() == [10.0, 1.5]  # sigma(F²) = 2 F sigma(F)
+
+
+def test_free_format_fallback():
+    obs = parse_shelx_hkl("1 2 3 100.5 3.2\n-1 0 2 5 1\n0 0 0 0 0\n", 4)
+    assert obs.hkl.tolist() == [[1, 2, 3], [-1, 0, 2]]
+    assert obs.value.tolist() == [100.5, 5.0]
+
+
+def test_parse_errors():
+    with pytest.raises(ReflectionError, match="HKLF 5"):
+        parse_shelx_hkl("   1   0   0   10.00    0.50\n", 5)
+    with pytest.raises(ReflectionError, match="line 2"):
+        parse_shelx_hkl("   1   0   0   10.00    0.50\nnot a reflection at all\n", 4)
+    with pytest.raises(ReflectionError, match="no reflections"):
+        parse_shelx_hkl("   0   0   0    0.00    0.00\n", 4)
+
+
+def test_tonto_format_skips_comments():
+    text = """reflection_data= {
+        keys= { h= k= l= f_exp= f_sigma= }
+        data= {
+    0    0    4    67.401    0.736
+    1    1    1    66.541    0.747
+!    2    2    6    21.452    0.241
+   -1    2    3    10.0      0.1
+        }
+    }
+"""
+    obs = parse_tonto(text, "tonto test")
+    assert obs.kind == "F"
+    assert obs.hkl.tolist() == [[0, 0, 4], [1, 1, 1], [-1, 2, 3]]
+    assert obs.value.tolist() == [67.401, 66.541, 10.0]
+
+
+# ------------------------------------------------------------------ merging
+
+P2M_OPS = ("x,y,z", "-x,y,-z", "-x,-y,-z", "x,-y,z")
+
+
+def _obs(rows, kind="F2"):
+    a = np.array(rows, dtype=float)
+    return Observations(hkl=a[:, :3].astype(np.int32), value=a[:, 3], sigma=a[:, 4], kind=kind,
+                        origin="test")
+
+
+def test_merging_averages_equivalents():
+    rot = SymmetryOps.from_triplets(P2M_OPS).rotations
+    grid = canonical_hkl(3)
+    obs = _obs([
+        (1, 2, 3, 10.0, 1.0),
+        (-1, 2, -3, 14.0, 1.0),  # 2-fold equivalent
+        (-1, -2, -3, 12.0, 2.0),  # Friedel mate, weight 1/4
+        (1, 0, 0, 5.0, 1.0),
+    ])
+    m = merge_onto_grid(obs, rot, grid)
+    want = (10 + 14 + 12 / 4) / (1 + 1 + 1 / 4)
+    i123 = {tuple(h): v for h, v in zip(grid.tolist(), m.intensity)}
+    # every grid member of the class of (1 2 3) gets the weighted mean
+    assert i123[(1, 2, 3)] == pytest.approx(want)
+    assert i123[(1, -2, 3)] == pytest.approx(want)  # mirror
+    assert np.isnan(i123[(1, 2, -3)])  # a different class in 2/m, not measured
+    assert i123[(1, 0, 0)] == 5.0
+    assert m.n_measured == 4 and m.n_unique == 2
+    assert m.n_on_grid == int(np.isfinite(m.intensity).sum()) == 3
+    assert m.sigma[list(map(tuple, grid.tolist())).index((1, 2, 3))] == pytest.approx(
+        1 / np.sqrt(2.25))
+    # never zero where not measured
+    assert not np.any(m.intensity == 0)
+    assert np.isnan(m.intensity).sum() == len(grid) - 3
+
+
+def test_merging_unweighted_without_sigmas():
+    rot = SymmetryOps.from_triplets(P2M_OPS).rotations
+    obs = _obs([(1, 1, 1, 3.0, np.nan), (-1, 1, -1, 5.0, np.nan)])
+    m = merge_onto_grid(obs, rot, canonical_hkl(2))
+    assert np.nanmax(m.intensity) == 4.0 and np.isnan(m.sigma).all()
+
+
+def test_merging_amplitudes_are_squared():
+    rot = SymmetryOps.from_triplets(("x,y,z",)).rotations
+    m = merge_onto_grid(_obs([(0, 0, 1, 3.0, 0.1)], kind="F"), rot, canonical_hkl(2))
+    assert m.intensity[0] == pytest.approx(9.0)
+
+
+# ------------------------------------------------------------------ real data
+
+
+def _fitting_files():
+    """Files whose measured data belong to their model (manifest data_fits_model_R1 < 0.15)."""
+    if not real_data_available():
+        return [pytest.param(None, marks=pytest.mark.skip(
+            reason=f"../shared/data/real not found: {REAL_DATA_DIR}"))]
+    import pandas as pd
+
+    m = pd.read_csv(REAL_DATA_DIR / "manifest.csv")
+    good = m[m.data_fits_model_R1 < 0.15].sort_values("file")
+    return [pytest.param(f, h, id=f.removeprefix("cif/")) for f, h in zip(good.file, good.data_kind_hint)]
+
+
+@pytest.mark.real_data
+def test_fitting_files_count(manifest):
+    assert (manifest.data_fits_model_R1 < 0.15).sum() == 22
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("file, kind_hint", _fitting_files())
+def test_measured_intensities_match_model(real_data_dir, file, kind_hint):
+    path = real_data_dir / file
+    items = read_cif(path)
+    got = [x for x in items if isinstance(x, Structure)]
+    assert got, f"{file}: no structure read: {[str(x) for x in items]}"
+    with_obs = [s for s in got if s.observations is not None]
+    assert with_obs, f"{file}: no measured reflections attached (notes: {[s.notes for s in got]})"
+    for s in with_obs:
+        assert s.observations.kind == kind_hint, f"{s.id}: read as {s.observations.kind}"
+        rec = compute_record(s, HKL)
+        m = rec.merged
+        assert m is not None and m.n_on_grid > 0, f"{s.id}: no measured reflection on the grid"
+        finite = np.isfinite(rec.intensity_obs)
+        assert finite.sum() == m.n_on_grid
+        # measured exactly where the Laue class of a grid reflection was measured
+        rot = SymmetryOps.from_triplets(s.symops).rotations
+        measured_keys = set(laue_asu_keys(s.observations.hkl, rot).tolist())
+        expect = np.array([k in measured_keys for k in laue_asu_keys(HKL, rot).tolist()])
+        assert np.array_equal(finite, expect), f"{s.id}: NaN pattern differs from the measured set"
+        assert not np.any(rec.intensity_obs[~finite] == 0)  # unmeasured: NaN, never 0
+        corr = rec.norm.obs_calc_corr
+        assert corr > 0.9, (f"{s.id}: corr(I_obs, I_calc) = {corr:.3f} over {m.n_on_grid} grid "
+                            f"reflections ({s.observations.origin}, {s.observations.kind})")
+        # linreg maps the measurements onto the calculated scale
+        assert rec.norm.scale > 0
+        expect_input = (rec.intensity_obs[finite] - rec.norm.offset) / rec.norm.scale
+        assert rec.intensity[finite] == pytest.approx(expect_input, rel=1e-4, abs=1e-3)
+
+
+@pytest.mark.real_data
+def test_embedded_hklf4(structure_of):
+    s = structure_of("FinalCif_p21c.cif")
+    o = s.observations
+    assert o.origin == "_shelx_hkl_file" and o.kind == "F2"
+    assert len(o.hkl) == 42975
+    assert np.isfinite(o.sigma).all() and (o.sigma > 0).all()
+
+
+@pytest.mark.real_data
+def test_tonto_hkl_comment_lines(structure_of):
+    s = structure_of("tonto_B6H6_grown.cif")
+    # the paired Tonto file lists 449 reflections, all but 20 commented out with '!'
+    assert len(s.observations.hkl) == 20 and s.observations.kind == "F"
+
+
+@pytest.mark.real_data
+def test_paired_file_supplies_same_cell_blocks(real_cif):
+    got = [x for x in read_cif(real_cif("hikari_NaCl.cif")) if isinstance(x, Structure)]
+    assert [s.block for s in got] == ["NaCl", "NaCl_olex2_C2/m"]
+    assert all(s.observations is not None and s.observations.origin == "paired hikari_NaCl.hkl"
+               for s in got)
