@@ -139,9 +139,34 @@ def _symmetry(ss, block) -> tuple[list[str], str, int]:
     return [op.triplet() for op in group], hm, 0
 
 
-def _cell(ss) -> tuple[float, ...]:
+_CELL_NAMES = ("length_a", "length_b", "length_c", "angle_alpha", "angle_beta", "angle_gamma")
+
+
+def _cell_from_tags(block) -> tuple[float, ...] | None:
+    """The six cell parameters from CIF1 (_cell_length_a) or DDLm (_cell.length_a) tags."""
+    for sep in ("_", "."):
+        vals = []
+        for name in _CELL_NAMES:
+            v = block.find_value(f"_cell{sep}{name}")
+            vals.append(gemmi.cif.as_number(v) if v is not None else math.nan)
+        if all(math.isfinite(v) for v in vals):
+            return tuple(vals)
+    return None
+
+
+def _cell(ss, block=None) -> tuple[float, ...]:
     c = ss.cell
     params = (c.a, c.b, c.c, c.alpha, c.beta, c.gamma)
+    # gemmi keeps its placeholder 1 1 1 90 90 90 when it finds no complete CIF1 cell
+    # (one of the six missing or '?', or DDLm tags such as cctbx writes: _cell.length_a)
+    if params == (1.0, 1.0, 1.0, 90.0, 90.0, 90.0):
+        tagged = _cell_from_tags(block) if block is not None else None
+        if tagged is None or tagged == params:
+            raise StructureError(
+                "no valid unit cell (_cell_length_a/b/c and _cell_angle_alpha/beta/gamma)", "no-cell")
+        ss.cell = gemmi.UnitCell(*tagged)
+        c = ss.cell
+        params = (c.a, c.b, c.c, c.alpha, c.beta, c.gamma)
     if not all(math.isfinite(p) and p > 0 for p in params) or not (c.volume > 0):
         raise StructureError(
             "no valid unit cell (_cell_length_a/b/c and _cell_angle_alpha/beta/gamma)", "no-cell"
@@ -168,6 +193,12 @@ def _min_eigenvalue(cell, u6) -> float:
     return float(np.linalg.eigvalsh(_u_cart(cell, u6)).min())
 
 
+def _element_from_label(label: str) -> str:
+    """The element a label names, by gemmi's rule for a missing type symbol ('X' if none)."""
+    n = 2 if len(label) > 1 and label[1].isalpha() else 1
+    return gemmi.Element(label[:n]).name if label[:1].isalpha() else "X"
+
+
 def _atoms(ss, default_u: float) -> tuple[AtomicModel, list[str]]:
     notes: list[str] = []
     rows = []
@@ -176,14 +207,14 @@ def _atoms(ss, default_u: float) -> tuple[AtomicModel, list[str]]:
     for site in ss.sites:
         xyz = site.fract.tolist()
         name = site.element.name
+        if name == "X" and not site.type_symbol:  # type symbol '?' or '.': use the label
+            name = _element_from_label(site.label)
         if name == "X":
-            raise StructureError(
-                f"atom {site.label!r} has type {site.type_symbol or site.label!r}, "
-                "which is not a chemical element",
-                "unknown-element",
-            )
+            what = (f"type {site.type_symbol!r}, which is not a chemical element" if site.type_symbol
+                    else "no type symbol and a label that names no element")
+            raise StructureError(f"atom {site.label!r} has {what}", "unknown-element")
         if not all(math.isfinite(v) for v in xyz):
-            if site.element.is_hydrogen:
+            if name in ("H", "D"):
                 skipped_h += 1
                 continue
             raise StructureError(f"atom {site.label!r} has no coordinates", "missing-coordinates")
@@ -250,6 +281,44 @@ def _unquote_sg_numbers(block) -> bool:
     return changed
 
 
+#: Two atoms of one element closer than this (Å), one on a symmetry image of the other.
+DUPLICATE_TOLERANCE = 0.05
+
+
+def _drop_symmetry_copies(atoms: AtomicModel, symops, cell) -> tuple[AtomicModel, list[str]]:
+    """Drop atoms that sit on a symmetry image of an earlier atom of the same element
+    when the two together would be more than fully occupied.
+
+    'Grown' asymmetric units (Tonto's grown clusters, CSD atoms marked '*', completed
+    molecules) list symmetry-generated copies as atoms of their own; expanded with the
+    space group, each would count twice or more. Split sites of a disorder (occupancies
+    summing to at most 1) are kept.
+    """
+    group = gemmi.GroupOps([gemmi.Op(t) for t in symops])
+    rots = np.array([np.array(op.rot, dtype=float) / gemmi.Op.DEN for op in group])
+    trans = np.array([np.array(op.tran, dtype=float) / gemmi.Op.DEN for op in group])
+    orth = np.array(gemmi.UnitCell(*cell).orth.mat.tolist())
+    images = np.einsum("mij,nj->nmi", rots, atoms.frac) + trans[None]  # (n, m, 3)
+    copy = np.zeros(len(atoms), dtype=bool)
+    for i in range(1, len(atoms)):
+        j = np.flatnonzero((atoms.element[:i] == atoms.element[i]) & ~copy[:i])
+        if not len(j):
+            continue
+        d = images[j] - atoms.frac[i]
+        d -= np.round(d)
+        near = np.linalg.norm(d @ orth.T, axis=-1).min(axis=1) < DUPLICATE_TOLERANCE
+        copy[i] = bool(np.any(near & (atoms.occupancy[j] + atoms.occupancy[i] > 1.001)))
+    if not copy.any():
+        return atoms, []
+    from dataclasses import fields, replace
+
+    kept = replace(atoms, **{f.name: getattr(atoms, f.name)[~copy] for f in fields(atoms)})
+    labels = list(atoms.label[copy])
+    return kept, [f"{len(labels)} atoms repeating a symmetry-equivalent atom dropped "
+                  "(grown asymmetric unit): " + ", ".join(labels[:10])
+                  + (" ..." if len(labels) > 10 else "")]
+
+
 def structure_from_block(block, source: str, default_u: float = DEFAULT_U_ISO,
                          read_observations: bool = True) -> Structure:
     """Turn one gemmi CIF block into a Structure (raises StructureError)."""
@@ -262,9 +331,11 @@ def structure_from_block(block, source: str, default_u: float = DEFAULT_U_ISO,
             ss = gemmi.make_small_structure_from_block(block)
         except Exception as exc2:
             raise StructureError(f"unreadable atom or cell data ({exc2})", "unreadable-cif") from None
-    cell = _cell(ss)
+    cell = _cell(ss, block)
     symops, hm, number = _symmetry(ss, block)
     atoms, notes = _atoms(ss, default_u)
+    atoms, dropped = _drop_symmetry_copies(atoms, symops, cell)
+    notes += dropped
     obs = None
     if read_observations:
         try:

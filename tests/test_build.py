@@ -28,7 +28,7 @@ MEASURED = ["StructureFinder_P-1.cif", "FinalCif_alert_example.cif",
 #: Files that must fail, each with the words its reason must contain.
 DAMAGED = {
     "cod-tools_1000002-test-symop.cif": "no symmetry",
-    "cod-tools_1000002-unknown-atom-type.cif": "not a chemical element",
+    "cod-tools_1000002-unknown-atom-type.cif": "names no element",
     "cod-tools_2005206.cif": "do not form a group",
     "cod-tools_2201319-numeric_field_w_non-numeric-value.cif": "unit cell",
     "cod-tools_1101113-no-atom-site-label.cif": "no atoms",

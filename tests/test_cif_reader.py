@@ -12,7 +12,8 @@ from phasenet.structure import Structure
 EIGHT_PI2 = 8 * math.pi**2
 
 KINDS = {"unreadable-cif", "no-cell", "no-symmetry", "bad-symmetry", "unknown-element",
-         "missing-coordinates", "bad-occupancy", "no-atoms", "invalid-structure", "internal-error"}
+         "missing-coordinates", "bad-occupancy", "bad-adp", "no-atoms", "invalid-structure",
+         "internal-error"}
 
 
 def structures(items):
@@ -112,6 +113,7 @@ def test_block_without_atoms(tmp_path):
     (lambda t: t.replace("Fe1 Fe3+ 0.5 0.5 0.5", "Fe1 Fe3+ ? ? ?"), "missing-coordinates", "Fe1"),
 ])
 def test_synthetic_failures(tmp_path, edit, kind, words):
+    # (a missing cell parameter must not pass as gemmi's placeholder 1 1 1 90 90 90 cell)
     items = read_cif(write(tmp_path, edit(SIMPLE)))
     assert len(items) == 1
     f = items[0]
@@ -133,6 +135,16 @@ def test_hydrogen_without_coordinates_is_skipped(tmp_path):
     assert isinstance(f, Structure)
     assert "H1" not in list(f.atoms.label) and len(f.atoms) == 3
     assert any("hydrogen" in n for n in f.notes)
+
+
+def test_ddlm_cell_tags(tmp_path):
+    # cctbx writes _cell.length_a etc.; gemmi alone leaves a 1 Å placeholder cell
+    text = SIMPLE
+    for name in ("length_a", "length_b", "length_c", "angle_alpha", "angle_beta", "angle_gamma"):
+        text = text.replace(f"_cell_{name}", f"_cell.{name}")
+    s = read_cif(write(tmp_path, text))[0]
+    assert isinstance(s, Structure), str(s)
+    assert s.cell == pytest.approx((5, 6, 7, 90, 100, 90))
 
 
 def test_symmetry_from_hm_only(tmp_path):
@@ -170,12 +182,48 @@ def test_aniso_u(tmp_path):
     assert s.atoms.u_iso[0] == pytest.approx(0.03, rel=0.1)
 
 
-def test_aniso_b_converted(tmp_path):
+def test_aniso_b_not_converted(tmp_path):
+    """Only U_ij are read: an atom given _atom_site_aniso_B_ij keeps its U_iso (or, without
+    one, gets the default U and is flagged), never silently converted values."""
     text = ANISO.replace("_atom_site_aniso_U_", "_atom_site_aniso_B_")
     s = read_cif(write(tmp_path, text))[0]
-    assert not s.atoms.u_defaulted[0]
-    assert s.atoms.u_aniso[0] == pytest.approx(
-        np.array([0.02, 0.03, 0.04, 0.001, 0.002, 0.003]) / EIGHT_PI2)
+    assert not s.atoms.u_defaulted[0] and s.atoms.u_iso[0] == pytest.approx(0.025)
+    assert np.isnan(s.atoms.u_aniso[0]).all()
+    s = read_cif(write(tmp_path, text.replace("O1 O2- 0.1234(5) 0.2 0.3 0.025(3)",
+                                               "O1 O2- 0.1234(5) 0.2 0.3 ?")))[0]
+    assert s.atoms.u_defaulted[0] and s.atoms.u_iso[0] == DEFAULT_U_ISO
+
+
+def test_unknown_type_symbols_use_the_label(tmp_path):
+    text = SIMPLE.replace("O1 O2-", "O1 ?").replace("Fe1 Fe3+", "Fe1 ?").replace("H1 H ", "H1 . ")
+    s = read_cif(write(tmp_path, text))[0]
+    assert isinstance(s, Structure), str(s)
+    assert list(s.atoms.element) == ["O", "Fe", "H", "C"]
+    assert list(s.atoms.charge) == [0, 0, 0, 0]
+    f = read_cif(write(tmp_path, text.replace("O1 ?", "Xq1 ?")))[0]
+    assert isinstance(f, ReadFailure) and f.kind == "unknown-element"
+    assert "'Xq1'" in f.reason and "no type symbol" in f.reason
+
+
+def test_grown_asymmetric_unit(tmp_path):
+    """An atom listed again at a symmetry image of itself (a 'grown' asymmetric unit)
+    counts once; split disorder sites (occupancies summing to 1) stay."""
+    from phasenet.structure_factors import structure_factors
+
+    hkl = phasenet.canonical_hkl(4)
+    plain = read_cif(write(tmp_path, SIMPLE, "plain.cif"))[0]
+    # O1b: image of O1 under -x, y+1/2, -z+1/2
+    grown_text = SIMPLE.replace("H1 H 0.3", "O1b O2- -0.1234 0.7 0.2 0.025 1\nH1 H 0.3")
+    grown = read_cif(write(tmp_path, grown_text, "grown.cif"))[0]
+    assert list(grown.atoms.label) == list(plain.atoms.label)
+    assert any("grown asymmetric unit" in n and "O1b" in n for n in grown.notes)
+    assert np.allclose(structure_factors(grown, hkl), structure_factors(plain, hkl))
+    # half-occupied split site on the same image: disorder, kept
+    split_text = SIMPLE.replace("O1 O2- 0.1234(5) 0.2 0.3 0.025(3) 1",
+                                "O1 O2- 0.1234(5) 0.2 0.3 0.025(3) 0.5\n"
+                                "O1b O2- -0.1234 0.7 0.2 0.025 0.5")
+    split = read_cif(write(tmp_path, split_text, "split.cif"))[0]
+    assert "O1b" in list(split.atoms.label)
 
 
 # ------------------------------------------------------------ real files
@@ -242,18 +290,24 @@ def test_adp_variants(real_cif):
     assert got["adp_as_B_iso"].atoms.u_iso[0] == pytest.approx(0.1 / EIGHT_PI2)
     u6 = np.array([1, 1, 1.5, 0.5, 0, 0])
     assert got["adp_as_U_aniso_all_items"].atoms.u_aniso[0] == pytest.approx(u6)
-    b = got["adp_as_B_aniso_all_items"].atoms
-    assert not b.u_defaulted[0], "anisotropic B_ij ignored: the atom got the default U"
-    assert b.u_aniso[0] == pytest.approx(u6 / EIGHT_PI2)
+    assert got["adp_as_B_aniso_all_items"].atoms.u_defaulted[0]  # B_ij are not read
     assert got["no_adp_published_after_1969"].atoms.u_defaulted.all()
 
 
 @pytest.mark.real_data
-def test_real_aniso_b_file(structure_of):
-    s = structure_of("cod-tools_9009872.cif")  # COD entry with _atom_site_aniso_B_ij only
-    assert not s.atoms.u_defaulted.any()
-    assert np.isfinite(s.atoms.u_aniso).all()
-    assert np.all((s.atoms.u_iso > 0.005) & (s.atoms.u_iso < 0.2))
+def test_real_grown_file(structure_of):
+    # Tonto's grown B6H6 cluster lists 22 atoms; 18 are symmetry copies of the other 4
+    s = structure_of("tonto_B6H6_grown.cif")
+    assert list(s.atoms.label) == ["N1", "B1", "H1", "H1A"]
+    assert any("18 atoms repeating" in n for n in s.notes)
+
+
+@pytest.mark.real_data
+def test_question_mark_type_symbols(structure_of):
+    s = structure_of("cod-tools_2000728-atom-type-questionmarks.cif")
+    assert set(s.atoms.element) >= {"S", "C", "N"}
+    s = structure_of("cod-tools_2006199.cif")
+    assert s.atoms.label[0] == "S" and s.atoms.element[0] == "S"
 
 
 @pytest.mark.real_data
@@ -284,12 +338,13 @@ def test_damaged_files_never_raise(manifest):
 @pytest.mark.real_data
 @pytest.mark.parametrize("name, kind, words", [
     ("cod-tools_1000002-test-symop.cif", "no-symmetry", "no symmetry"),
-    ("cod-tools_1000002-unknown-atom-type.cif", "unknown-element", "'max'"),
+    ("cod-tools_1000002-unknown-atom-type.cif", "unknown-element", "'max' has no type symbol"),
     ("cod-tools_1000451.cif", "bad-occupancy", "occupancy 5.0"),
     ("cod-tools_2005206.cif", "bad-symmetry", "do not form a group"),
     ("cod-tools_2201319-numeric_field_w_non-numeric-value.cif", "no-cell", "unit cell"),
     ("cod-tools_various-sg-number-sources.cif", "bad-symmetry", "1/42"),
     ("cod-tools_1101113-no-atom-site-label.cif", "no-atoms", "no atoms"),
+    ("cod-tools_00599.cif", "unknown-element", "'Wat1'"),
 ])
 def test_specific_damaged_files(real_cif, name, kind, words):
     items = read_cif(real_cif(name))
@@ -303,7 +358,8 @@ def test_specific_damaged_files(real_cif, name, kind, words):
 def test_quoted_space_group_number(structure_of):
     # Tonto writes _symmetry_Int_Tables_number '41' (quoted): gemmi alone refuses it
     s = structure_of("tonto_molecule.cif")
-    assert s.sg_number == 41 and len(s.atoms) == 3
+    assert s.sg_number == 41
+    assert list(s.atoms.label) == ["S", "O1"]  # O2 is O1's image through the 2-fold axis
     assert s.observations is not None and s.observations.kind == "F"
 
 
