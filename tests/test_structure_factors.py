@@ -122,10 +122,14 @@ def test_against_cctbx_direct_summation(picked, sg):
 
     ops = SymmetryOps.from_triplets(s.symops)
     if ops.has_origin_inversion:
+        # the cosine-only sum used for these groups gives the same (real) F
+        f_real = structure_factors(s, HKL, real=True)[keep]
+        assert np.all(f_real.imag == 0)
+        assert np.abs(f_real.real - f.real).max() <= 1e-5 * np.abs(fc).max()
         strong = np.abs(fc) > 1e-6 * np.abs(fc).max()
-        ours = np.sign(f.real[strong])
+        ours = np.sign(f_real.real[strong])
         theirs = np.sign(fc.real[strong])
-        n_bad = int((ours != theirs).sum())
+        n_bad = int((ours != theirs).sum()) + int((np.sign(f.real[strong]) != theirs).sum())
         assert n_bad == 0, (f"{s.id} ({s.space_group}): {n_bad} of {strong.sum()} signs differ "
                             "from cctbx")
     # phases agree too: the complex R weights phase differences by amplitude (weak
@@ -256,3 +260,22 @@ def test_cctbx_written_cifs_against_cctbx(tmp_path):
         f = structure_factors(s, hkl)
         r = np.abs(f - fc).sum() / np.abs(fc).sum()
         assert r <= 0.01, f"{path.name}: complex R = {r:.3g} against cctbx's own structure"
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("name", ["PyXtal_ht_cristobalite.cif", "cod-tools_2310225.cif"])
+def test_inversion_centre_off_the_origin(real_cif, name):
+    """Origin choice 1 (inversion at t/2, not at the origin): no sign labels, and every
+    phase is pi h.t modulo pi."""
+    rec = _record(str(real_cif(name)))
+    assert rec.centrosymmetric and not rec.centric_origin
+    assert np.all(rec.sign == NO_SIGN)
+    ops = SymmetryOps.from_triplets(rec.structure.symops)
+    inv = np.all(ops.rotations == -np.eye(3, dtype=int), axis=(1, 2))
+    t = ops.translations[inv][0]
+    strong = rec.intensity_calc > 1e-6 * rec.intensity_calc.max()
+    h = HKL[strong].astype(float)
+    dev = (rec.phase_calc[strong] - np.pi * (h @ t)) % np.pi
+    dev = np.minimum(dev, np.pi - dev)
+    assert dev.max() < 1e-3, f"phase off pi h.t (mod pi) by up to {dev.max():.2g} rad"
+    assert np.mean(np.abs(np.sin(rec.phase_calc[strong])) > 0.5) > 0.2  # not just 0 / pi
