@@ -133,7 +133,7 @@ def test_merging_amplitudes_are_squared():
 def _fitting_files():
     """Files whose measured data belong to their model (manifest data_fits_model_R1 < 0.15)."""
     if not real_data_available():
-        return [pytest.param(None, marks=pytest.mark.skip(
+        return [pytest.param(None, None, marks=pytest.mark.skip(
             reason=f"../shared/data/real not found: {REAL_DATA_DIR}"))]
     import pandas as pd
 
