@@ -281,8 +281,11 @@ def _unquote_sg_numbers(block) -> bool:
     return changed
 
 
-#: Two atoms of one element closer than this (Å), one on a symmetry image of the other.
+#: Two atoms of one element closer than this (Å), one on a symmetry image of the other,
+#: with occupancies summing to more than OVERFULL, are one atom listed twice. (The slack
+#: keeps disorder parts sharing a site with rounded occupancies, e.g. 0.813 + 0.19.)
 DUPLICATE_TOLERANCE = 0.05
+OVERFULL = 1.05
 
 
 def _drop_symmetry_copies(atoms: AtomicModel, symops, cell) -> tuple[AtomicModel, list[str]]:
@@ -307,7 +310,7 @@ def _drop_symmetry_copies(atoms: AtomicModel, symops, cell) -> tuple[AtomicModel
         d = images[j] - atoms.frac[i]
         d -= np.round(d)
         near = np.linalg.norm(d @ orth.T, axis=-1).min(axis=1) < DUPLICATE_TOLERANCE
-        copy[i] = bool(np.any(near & (atoms.occupancy[j] + atoms.occupancy[i] > 1.001)))
+        copy[i] = bool(np.any(near & (atoms.occupancy[j] + atoms.occupancy[i] > OVERFULL)))
     if not copy.any():
         return atoms, []
     from dataclasses import fields, replace

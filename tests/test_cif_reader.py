@@ -224,6 +224,10 @@ def test_grown_asymmetric_unit(tmp_path):
                                 "O1b O2- -0.1234 0.7 0.2 0.025 0.5")
     split = read_cif(write(tmp_path, split_text, "split.cif"))[0]
     assert "O1b" in list(split.atoms.label)
+    # a site shared by two disorder parts, occupancies rounded (0.813 + 0.19): kept
+    shared = read_cif(write(tmp_path, split_text.replace("0.025(3) 0.5", "0.025(3) 0.813")
+                            .replace("0.025 0.5", "0.025 0.19"), "shared.cif"))[0]
+    assert "O1b" in list(shared.atoms.label)
 
 
 # ------------------------------------------------------------ real files
@@ -300,6 +304,13 @@ def test_real_grown_file(structure_of):
     s = structure_of("tonto_B6H6_grown.cif")
     assert list(s.atoms.label) == ["N1", "B1", "H1", "H1A"]
     assert any("18 atoms repeating" in n for n in s.notes)
+
+
+@pytest.mark.real_data
+def test_disorder_parts_sharing_a_site_are_kept(structure_of):
+    s = structure_of("cod-tools_2103700.cif")  # C23 (occ .813, part 1) and C23X (.19, part 2)
+    assert {"C23", "C23X", "C26", "C26X"} <= set(s.atoms.label)
+    assert not any("grown" in n for n in s.notes)
 
 
 @pytest.mark.real_data
