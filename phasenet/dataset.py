@@ -330,7 +330,7 @@ def format_info(info: dict, max_failures: int = 20) -> str:
         f"(written by phasenet {info['phasenet_version']})",
         f"  structures   {info['n_structures']} from {info['n_inputs']} input files, "
         f"{info['n_reflections']} reflections each",
-        f"  splits       " + ", ".join(f"{k} {v}" for k, v in sorted(info["splits"].items())),
+        "  splits       " + ", ".join(f"{k} {v}" for k, v in sorted(info["splits"].items())),
         f"  symmetry     {info['n_centrosymmetric']} centrosymmetric, "
         f"{info['n_sign_labelled']} with sign labels (inversion centre at the origin)",
         "  space groups " + ", ".join(f"{k} {v}" for k, v in list(info["space_groups"].items())[:8])

@@ -38,6 +38,7 @@ SPECIAL_POSITION_TOLERANCE = 0.05
 class SymmetryOps:
     rotations: np.ndarray  # (m, 3, 3) int, acting on fractional coordinates
     translations: np.ndarray  # (m, 3) float, centring included
+    triplets: tuple[str, ...]  # the operators as given
 
     @classmethod
     def from_triplets(cls, triplets) -> "SymmetryOps":
@@ -55,7 +56,7 @@ class SymmetryOps:
         return bool(np.any(np.all(self.rotations == -np.eye(3, dtype=int), axis=(1, 2))))
 
     def group_ops(self):
-        return gemmi.GroupOps([gemmi.Op(t) for t in self._triplets])
+        return gemmi.GroupOps([gemmi.Op(t) for t in self.triplets])
 
 
 @lru_cache(maxsize=512)
@@ -65,9 +66,7 @@ def _ops_cached(triplets: tuple[str, ...]) -> SymmetryOps:
     for op in group:  # all operators, centring vectors included
         rots.append(np.array(op.rot) // gemmi.Op.DEN)
         trans.append(np.array(op.tran, dtype=float) / gemmi.Op.DEN)
-    ops = SymmetryOps(np.array(rots, dtype=np.int64), np.array(trans) % 1.0)
-    object.__setattr__(ops, "_triplets", triplets)
-    return ops
+    return SymmetryOps(np.array(rots, dtype=np.int64), np.array(trans) % 1.0, triplets)
 
 
 @dataclass(frozen=True)
@@ -201,7 +200,6 @@ def structure_factors(structure: Structure, hkl: np.ndarray,
     # Atoms in blocks of (atoms x reflections) ~150 000 elements: the temporaries
     # stay in cache and below malloc's mmap threshold, which is ~3x faster than
     # one big block (page faults on every fresh multi-MB temporary).
-    n = len(contents.frac)
     block = max(1, 150_000 // max(1, len(hkl)))
     re_sum = np.zeros(len(hkl))
     im_sum = np.zeros(len(hkl))
