@@ -89,6 +89,15 @@ def cmd_info(args) -> int:
     return EXIT_OK
 
 
+# --- synth commands (issue 3) ---
+
+# --- train commands (issue 4) ---
+
+# --- evaluate commands (issue 5) ---
+
+# --- slurm / shard commands (issue 6) ---
+
+
 def _add_demo(sub):
     p = sub.add_parser("demo", help="run the main job on an embedded default")
     p.add_argument("--out", default="demo-output", help="folder for the demo's files (default %(default)s)")
@@ -111,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_build(sub)
     _add_info(sub)
+    # register: synth (issue 3)
+    # register: train (issue 4)
+    # register: evaluate (issue 5)
+    # register: slurm (issue 6)
     _add_demo(sub)
     return parser
 
