@@ -114,3 +114,22 @@ def reciprocal_s2(hkl: np.ndarray, cell) -> np.ndarray:
     g = reciprocal_metric(cell)
     h = np.asarray(hkl, dtype=np.float64)
     return np.einsum("ni,ij,nj->n", h, g, h)
+
+
+#: The 8 origin shifts t ∈ {0, ½}³ of a centrosymmetric cell, as 2t ∈ {0, 1}³.
+ORIGIN_SHIFTS_2T = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)],
+                            dtype=np.int64)
+
+
+def origin_sign_flips(hkl: np.ndarray) -> np.ndarray:
+    """(8, R) array of ±1: the factor (-1)^(2h·t) that moving the origin by t multiplies F(h) by.
+
+    Row 0 is t = 0 (all +1); rows follow ``ORIGIN_SHIFTS_2T``. A sign label s ∈ {0, 1}
+    (1 = phase 0) at origin t is ``s`` where the factor is +1 and ``1 - s`` where it is -1.
+
+    >>> flips = origin_sign_flips(canonical_hkl())
+    >>> flips.shape, int(flips[0].min())
+    ((8, 4630), 1)
+    """
+    parity = (np.asarray(hkl, dtype=np.int64) @ ORIGIN_SHIFTS_2T.T) % 2   # (R, 8)
+    return np.ascontiguousarray((1 - 2 * parity).T.astype(np.int8))
