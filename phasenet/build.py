@@ -2,12 +2,13 @@
 
 The inputs (sorted, de-duplicated) are cut into fixed slices of ``chunk_size``
 files. Each slice becomes one part file in ``OUT.h5.parts/`` (written to a temp
-name and renamed, so a part either exists whole or not at all). When all parts
-exist they are merged into ``OUT.h5.tmp``, which is renamed to ``OUT.h5``; then
-the parts are removed. Interrupted at any point (Ctrl-C, SIGKILL, node failure)
-and started again with the same arguments, a build reuses the finished parts, so
-the result equals an uninterrupted build. Memory is bounded by one slice per
-worker, whatever the number of structures.
+name and renamed, so a part either exists whole or not at all). While the workers
+compute, the parent appends each part, in order, to ``OUT.h5.tmp`` as soon as it
+and all parts before it exist; after the last one ``OUT.h5.tmp`` is renamed to
+``OUT.h5`` and the parts are removed. Interrupted at any point (Ctrl-C, SIGKILL,
+node failure) and started again with the same arguments, a build reuses the
+finished parts (and merges them again), so the result equals an uninterrupted
+build. Memory is bounded by one slice per worker, whatever the number of structures.
 """
 
 from __future__ import annotations
@@ -162,10 +163,23 @@ def process_files(files: list[Path], options: BuildOptions):
 
 def _part_task(args):
     index, files, options, parts_dir = args
-    hkl, records, failures = process_files([Path(f) for f in files], options)
+    with _one_blas_thread():
+        hkl, records, failures = process_files([Path(f) for f in files], options)
     dataset.write_part(parts_dir / f"part-{index:06d}.h5", hkl, records, failures,
                        len(files), options.compression)
     return index, len(files), len(records), len(failures)
+
+
+def _one_blas_thread():
+    """BLAS on one thread while a part is computed: the matrix products are small, and
+    with every core busy with a worker, BLAS threads only wait for each other."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - a dependency; without it, just slower
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):
@@ -176,8 +190,13 @@ def _progress_bar(total: int, desc: str, enabled: bool):
 
 
 def build_dataset(inputs, output, options: BuildOptions | None = None, *,
-                  overwrite: bool = False, progress: bool | None = None) -> BuildSummary:
+                  overwrite: bool = False, progress: bool | None = None,
+                  shard: tuple[int, int] | None = None) -> BuildSummary:
     """Build ``output`` (HDF5) from CIF ``inputs``; see the module docstring.
+
+    ``shard=(I, N)`` builds only shard I of N (a contiguous slice of the sorted inputs,
+    :func:`phasenet.shards.shard_range`) and records the shard in the root attributes;
+    :func:`phasenet.shards.merge_shards` joins the N shards into the full dataset.
 
     Returns a :class:`BuildSummary`; failures of single files or blocks are in
     ``summary.failures`` (and in the dataset), never raised.
@@ -190,6 +209,16 @@ def build_dataset(inputs, output, options: BuildOptions | None = None, *,
     files = collect_inputs(inputs if isinstance(inputs, (list, tuple)) else [inputs])
     if not files:
         raise BuildError("no input files (folders are searched for *.cif)")
+    shard_meta = None
+    if shard is not None:
+        from phasenet.shards import inputs_fingerprint, shard_attrs, shard_range
+
+        lo, hi = shard_range(len(files), *shard)
+        shard_meta = shard_attrs(shard[0], shard[1], len(files), inputs_fingerprint(files))
+        if lo == hi:
+            raise BuildError(f"shard {shard[0]}/{shard[1]} of {len(files)} inputs is empty; "
+                             f"use at most {len(files)} shards")
+        files = files[lo:hi]
     parts_dir = output.with_name(output.name + ".parts")
     fingerprint = _fingerprint(files, options)
     if output.exists():
@@ -219,33 +248,50 @@ def build_dataset(inputs, output, options: BuildOptions | None = None, *,
     workers = options.workers or os.cpu_count() or 1
     workers = max(1, min(workers, len(todo) or 1))
 
-    bar = _progress_bar(len(files), "structures", progress)
+    # One bar in files. Each part is merged into OUT.h5.tmp as soon as it and all parts
+    # before it exist, while the workers compute the rest (the merge is not a serial
+    # step after the computation); the parts stay until the end, for a resumed build.
+    bar = _progress_bar(len(files), "building", progress)
     bar.update(sum(len(s) for i, s in enumerate(slices) if part_paths[i].exists()))
+    done = [p.exists() for p in part_paths]
     n_failed = 0
+    pool = None
+    merger = None
     try:
-        if workers == 1:
-            for task in todo:
-                _, nf, _, nfail = _part_task(task)
-                n_failed += nfail
-                bar.update(nf)
-                bar.set_postfix(failed=n_failed)
-        else:
+        if workers > 1:  # fork before the parent opens the output file
             ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-            with ctx.Pool(workers) as pool:
-                for _, nf, _, nfail in pool.imap_unordered(_part_task, todo):
-                    n_failed += nfail
-                    bar.update(nf)
-                    bar.set_postfix(failed=n_failed)
-    finally:
-        bar.close()
+            pool = ctx.Pool(workers)
+        merger = dataset.PartMerger(output, build_options=options.result_options(),
+                                    test_fraction=options.test_fraction, seed=options.seed,
+                                    compression=options.compression, extra_attrs=shard_meta)
+        merged = 0
 
-    merge_bar = _progress_bar(len(part_paths), "merging", progress)
-    merge_bar.unit = "part"
-    result = dataset.merge_parts(part_paths, output, build_options=options.result_options(),
-                                 test_fraction=options.test_fraction, seed=options.seed,
-                                 compression=options.compression,
-                                 progress=lambda n: merge_bar.update(1))
-    merge_bar.close()
+        def merge_ready():
+            nonlocal merged
+            while merged < len(part_paths) and done[merged]:
+                merger.append(part_paths[merged])
+                merged += 1
+
+        merge_ready()
+        results = (map(_part_task, todo) if pool is None
+                   else pool.imap_unordered(_part_task, todo))
+        for index, nf, _, nfail in results:
+            done[index] = True
+            n_failed += nfail
+            bar.update(nf)
+            bar.set_postfix(failed=n_failed)
+            merge_ready()
+        merge_ready()
+        result = merger.finish()
+    except BaseException:
+        if merger is not None:
+            merger.abort()
+        raise
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        bar.close()
     shutil.rmtree(parts_dir, ignore_errors=True)
     failures = result["failures"]
     return BuildSummary(output=output, n_inputs=len(files), n_structures=result["n_structures"],

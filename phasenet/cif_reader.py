@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -115,8 +116,8 @@ def _symmetry(ss, block) -> tuple[list[str], str, int]:
     hm = ss.spacegroup_hm or _first_value(block, _HM_TAGS)
     sg = None
     if triplets:
-        group = _group_from_symops(triplets)
-        sg = gemmi.find_spacegroup_by_ops(group)
+        ops, name, number = _symmetry_from_symops(tuple(triplets), hm)
+        return list(ops), name, number
     else:
         if hall:
             try:
@@ -140,6 +141,17 @@ def _symmetry(ss, block) -> tuple[list[str], str, int]:
 
 
 _CELL_NAMES = ("length_a", "length_b", "length_c", "angle_alpha", "angle_beta", "angle_gamma")
+
+
+@lru_cache(maxsize=1024)
+def _symmetry_from_symops(triplets: tuple[str, ...], hm: str) -> tuple[tuple[str, ...], str, int]:
+    """(operators, H-M symbol, number) of a list of operators (cached: files repeat them)."""
+    group = _group_from_symops(list(triplets))
+    sg = gemmi.find_spacegroup_by_ops(group)
+    ops = tuple(op.triplet() for op in group)
+    if sg is not None:
+        return ops, sg.xhm(), sg.number
+    return ops, hm, 0
 
 
 def _cell_from_tags(block) -> tuple[float, ...] | None:
@@ -176,23 +188,6 @@ def _cell(ss, block=None) -> tuple[float, ...]:
     return tuple(float(p) for p in params)
 
 
-def _u_eq(cell, u6) -> float:
-    """U_eq = trace(U_cart)/3 of CIF U_ij (U_cart = A N U N Aᵀ, N = diag(a*, b*, c*))."""
-    return float(np.trace(_u_cart(cell, u6)) / 3.0)
-
-
-def _u_cart(cell, u6) -> np.ndarray:
-    u = np.array([[u6[0], u6[3], u6[4]], [u6[3], u6[1], u6[5]], [u6[4], u6[5], u6[2]]])
-    a = np.array(cell.orth.mat.tolist())
-    rec = cell.reciprocal()
-    n = np.diag([rec.a, rec.b, rec.c])
-    return a @ n @ u @ n @ a.T
-
-
-def _min_eigenvalue(cell, u6) -> float:
-    return float(np.linalg.eigvalsh(_u_cart(cell, u6)).min())
-
-
 def _element_from_label(label: str) -> str:
     """The element a label names, by gemmi's rule for a missing type symbol ('X' if none)."""
     n = 2 if len(label) > 1 and label[1].isalpha() else 1
@@ -202,10 +197,12 @@ def _element_from_label(label: str) -> str:
 def _atoms(ss, default_u: float) -> tuple[AtomicModel, list[str]]:
     notes: list[str] = []
     rows = []
-    npd: list[str] = []  # non-positive-definite U: kept as given, noted
     skipped_h = 0
+    isfinite = math.isfinite
+    nan6 = (math.nan,) * 6
     for site in ss.sites:
-        xyz = site.fract.tolist()
+        fract = site.fract
+        x, y, z = fract.x, fract.y, fract.z
         name = site.element.name
         if name == "X" and not site.type_symbol:  # type symbol '?' or '.': use the label
             name = _element_from_label(site.label)
@@ -213,51 +210,67 @@ def _atoms(ss, default_u: float) -> tuple[AtomicModel, list[str]]:
             what = (f"type {site.type_symbol!r}, which is not a chemical element" if site.type_symbol
                     else "no type symbol and a label that names no element")
             raise StructureError(f"atom {site.label!r} has {what}", "unknown-element")
-        if not all(math.isfinite(v) for v in xyz):
+        if not (isfinite(x) and isfinite(y) and isfinite(z)):
             if name in ("H", "D"):
                 skipped_h += 1
                 continue
             raise StructureError(f"atom {site.label!r} has no coordinates", "missing-coordinates")
-        occ = site.occ if math.isfinite(site.occ) else 1.0
-        if occ < 0 or occ > 1.0001:
+        occ = site.occ
+        if not isfinite(occ):
+            occ = 1.0
+        elif occ < 0 or occ > 1.0001:
             raise StructureError(f"atom {site.label!r} has occupancy {occ}, outside [0, 1]", "bad-occupancy")
         aniso = site.aniso
+        u_iso = site.u_iso
         if aniso.nonzero():
-            u6 = [aniso.u11, aniso.u22, aniso.u33, aniso.u12, aniso.u13, aniso.u23]
-            u_iso = _u_eq(ss.cell, u6)
-            if _min_eigenvalue(ss.cell, u6) <= 0:
-                npd.append(site.label)
-            defaulted = False
-        elif math.isfinite(site.u_iso) and site.u_iso < 0:
-            raise StructureError(f"atom {site.label!r} has negative U_iso {site.u_iso:.4g}", "bad-adp")
-        elif math.isfinite(site.u_iso) and site.u_iso > 0:
-            u6 = [math.nan] * 6
-            u_iso, defaulted = site.u_iso, False
+            u6 = (aniso.u11, aniso.u22, aniso.u33, aniso.u12, aniso.u13, aniso.u23)
+            defaulted = False  # U_eq below, for all anisotropic atoms at once
+        elif isfinite(u_iso) and u_iso < 0:
+            raise StructureError(f"atom {site.label!r} has negative U_iso {u_iso:.4g}", "bad-adp")
+        elif isfinite(u_iso) and u_iso > 0:
+            u6, defaulted = nan6, False
         else:
-            u6 = [math.nan] * 6
-            u_iso, defaulted = default_u, True
-        rows.append((site.label, name, site.charge, xyz, occ, u_iso, u6, defaulted))
+            u6, u_iso, defaulted = nan6, default_u, True
+        rows.append((site.label, name, site.charge, (x, y, z), occ, u_iso, u6, defaulted))
     if not rows:
         raise StructureError("no atoms with coordinates", "no-atoms")
-    if npd:
-        notes.append("non-positive-definite U kept as given: " + ", ".join(npd[:10])
-                     + (" ..." if len(npd) > 10 else ""))
+    label, element, charge, frac, occupancy, u_iso, u_aniso, u_defaulted = zip(*rows)
+    u_iso = np.array(u_iso, dtype=np.float64)
+    u_aniso = np.array(u_aniso, dtype=np.float64)
+    aniso = np.flatnonzero(~np.isnan(u_aniso[:, 0]))
+    if len(aniso):
+        u_cart = _u_cart_many(ss.cell, u_aniso[aniso])
+        u_iso[aniso] = np.trace(u_cart, axis1=1, axis2=2) / 3.0  # U_eq
+        # non-positive-definite U: kept as given, noted
+        npd = [label[i] for i in aniso[np.linalg.eigvalsh(u_cart)[:, 0] <= 0]]
+        if npd:
+            notes.append("non-positive-definite U kept as given: " + ", ".join(npd[:10])
+                         + (" ..." if len(npd) > 10 else ""))
     if skipped_h:
         notes.append(f"{skipped_h} hydrogen atoms without coordinates skipped")
     model = AtomicModel(
-        label=np.array([r[0] for r in rows], dtype=object).astype(str),
-        element=np.array([r[1] for r in rows]).astype(str),
-        charge=np.array([r[2] for r in rows], dtype=np.int8),
-        frac=np.array([r[3] for r in rows], dtype=np.float64),
-        occupancy=np.array([r[4] for r in rows], dtype=np.float64),
-        u_iso=np.array([r[5] for r in rows], dtype=np.float64),
-        u_aniso=np.array([r[6] for r in rows], dtype=np.float64),
-        u_defaulted=np.array([r[7] for r in rows], dtype=bool),
+        label=np.array(label, dtype=object).astype(str),
+        element=np.array(element).astype(str),
+        charge=np.array(charge, dtype=np.int8),
+        frac=np.array(frac, dtype=np.float64),
+        occupancy=np.array(occupancy, dtype=np.float64),
+        u_iso=u_iso,
+        u_aniso=u_aniso,
+        u_defaulted=np.array(u_defaulted, dtype=bool),
     )
     n_def = int(model.u_defaulted.sum())
     if n_def:
         notes.append(f"{n_def} atoms without displacement parameters got U_iso={default_u}")
     return model, notes
+
+
+def _u_cart_many(cell, u6: np.ndarray) -> np.ndarray:
+    """U_cart = A N U N Aᵀ (k, 3, 3) of k rows of CIF U_ij (U11 U22 U33 U12 U13 U23)."""
+    u = u6[:, [0, 3, 4, 3, 1, 5, 4, 5, 2]].reshape(-1, 3, 3)
+    a = np.array(cell.orth.mat.tolist())
+    rec = cell.reciprocal()
+    an = a * np.array([rec.a, rec.b, rec.c])[None, :]  # A N
+    return an[None] @ u @ an.T[None]
 
 
 _SG_NUMBER_TAGS = ("_symmetry_Int_Tables_number", "_space_group_IT_number",
@@ -297,20 +310,16 @@ def _drop_symmetry_copies(atoms: AtomicModel, symops, cell) -> tuple[AtomicModel
     space group, each would count twice or more. Split sites of a disorder (occupancies
     summing to at most 1) are kept.
     """
-    group = gemmi.GroupOps([gemmi.Op(t) for t in symops])
-    rots = np.array([np.array(op.rot, dtype=float) / gemmi.Op.DEN for op in group])
-    trans = np.array([np.array(op.tran, dtype=float) / gemmi.Op.DEN for op in group])
-    orth = np.array(gemmi.UnitCell(*cell).orth.mat.tolist())
-    images = np.einsum("mij,nj->nmi", rots, atoms.frac) + trans[None]  # (n, m, 3)
+    pairs = _near_image_pairs(atoms, symops, cell)
+    if not pairs:
+        return atoms, []
+    # an atom is a copy if it repeats an earlier atom that is not itself a copy
     copy = np.zeros(len(atoms), dtype=bool)
-    for i in range(1, len(atoms)):
-        j = np.flatnonzero((atoms.element[:i] == atoms.element[i]) & ~copy[:i])
-        if not len(j):
-            continue
-        d = images[j] - atoms.frac[i]
-        d -= np.round(d)
-        near = np.linalg.norm(d @ orth.T, axis=-1).min(axis=1) < DUPLICATE_TOLERANCE
-        copy[i] = bool(np.any(near & (atoms.occupancy[j] + atoms.occupancy[i] > OVERFULL)))
+    earlier: dict[int, list[int]] = {}
+    for i, j in pairs:
+        earlier.setdefault(i, []).append(j)
+    for i in sorted(earlier):
+        copy[i] = any(not copy[j] for j in earlier[i])
     if not copy.any():
         return atoms, []
     from dataclasses import fields, replace
@@ -320,6 +329,51 @@ def _drop_symmetry_copies(atoms: AtomicModel, symops, cell) -> tuple[AtomicModel
     return kept, [f"{len(labels)} atoms repeating a symmetry-equivalent atom dropped "
                   "(grown asymmetric unit): " + ", ".join(labels[:10])
                   + (" ..." if len(labels) > 10 else "")]
+
+
+def _near_image_pairs(atoms: AtomicModel, symops, cell) -> list[tuple[int, int]]:
+    """(i, j), j < i: atom i lies within DUPLICATE_TOLERANCE of an image of atom j of the
+    same element, and their occupancies sum to more than OVERFULL.
+
+    All images are sorted along x; each atom looks only at the images inside a window
+    of ±tolerance in x (a* · tolerance in fractional units), then checks the distance.
+    """
+    n = len(atoms)
+    if n < 2:
+        return []
+    from phasenet.structure_factors import SymmetryOps
+
+    ops = SymmetryOps.from_triplets(symops)
+    m = len(ops.rotations)
+    uc = gemmi.UnitCell(*cell)
+    orth = np.array(uc.orth.mat.tolist())
+    frac_m = np.array(uc.frac.mat.tolist())
+    frac = atoms.frac % 1.0
+    pts = (np.einsum("mij,nj->nmi", ops.rotations.astype(float), frac)
+           + ops.translations[None]).reshape(-1, 3) % 1.0  # (n m, 3), atom = index // m
+    tx = DUPLICATE_TOLERANCE * float(np.linalg.norm(frac_m[0])) * (1 + 1e-9)
+    order = np.argsort(pts[:, 0], kind="stable")
+    xs = pts[order, 0]
+    ext = np.concatenate([xs - 1.0, xs, xs + 1.0])  # periodic in x
+    ext_idx = np.concatenate([order, order, order])
+    lo = np.searchsorted(ext, frac[:, 0] - tx, side="left")
+    hi = np.searchsorted(ext, frac[:, 0] + tx, side="right")
+    counts = hi - lo
+    if not counts.any():
+        return []
+    qi = np.repeat(np.arange(n), counts)
+    start = np.repeat(lo - (np.cumsum(counts) - counts), counts)
+    p = ext_idx[start + np.arange(len(qi))]
+    j = p // m
+    ok = (j < qi) & (atoms.element[j] == atoms.element[qi]) & (
+        atoms.occupancy[j] + atoms.occupancy[qi] > OVERFULL)
+    qi, j, p = qi[ok], j[ok], p[ok]
+    if not len(qi):
+        return []
+    d = pts[p] - frac[qi]
+    d -= np.round(d)
+    near = np.linalg.norm(d @ orth.T, axis=1) < DUPLICATE_TOLERANCE
+    return sorted(set(zip(qi[near].tolist(), j[near].tolist())))
 
 
 def structure_from_block(block, source: str, default_u: float = DEFAULT_U_ISO,

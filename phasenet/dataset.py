@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from collections import Counter
 from pathlib import Path
 
@@ -131,19 +132,19 @@ def write_part(path: Path, hkl: np.ndarray, records, failures, n_inputs: int,
         h5.create_dataset("hkl", data=hkl)
         for name in ROW_ARRAYS:
             ds = _row_dataset(h5, name, n, r, compression)
-            for i, rec in enumerate(records):
-                ds[i] = getattr(rec, name)
-        g = h5.create_group("structures")
-        for k, v in _columns_from_records(records).items():
-            g.create_dataset(k, data=v, dtype=STRUCTURE_COLUMNS[k][0])
-        a = h5.create_group("atoms")
+            if n:  # one write: HDF5 compresses the (1, R) chunks itself
+                ds[...] = np.stack([getattr(rec, name) for rec in records])
+        # The structure and atom columns of a part travel as one pickled dict (parts are
+        # the build's own temporary files): one dataset to write and read, not ~35.
         counts = [len(rec.structure.atoms) for rec in records]
-        a.create_dataset("offset", data=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+        atoms = {"offset": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)}
         for k, (dtype, shape) in ATOM_COLUMNS.items():
             parts = [np.asarray(getattr(rec.structure.atoms, k)) for rec in records]
             data = np.concatenate(parts) if parts else np.zeros((0,) + shape)
-            a.create_dataset(k, data=data.astype(object) if dtype is STR else data.astype(dtype),
-                             dtype=dtype, shape=(len(data),) + shape)
+            atoms[k] = data.astype(object) if dtype is STR else data.astype(dtype)
+        blob = pickle.dumps({"structures": _columns_from_records(records), "atoms": atoms},
+                            protocol=pickle.HIGHEST_PROTOCOL)
+        h5.create_dataset("columns", data=np.frombuffer(blob, dtype=np.uint8))
         h5.attrs["failures"] = json.dumps([f.__dict__ for f in failures])
         h5.attrs["n_inputs"] = n_inputs
         h5.attrs["complete"] = True
@@ -163,76 +164,172 @@ def split_for_ids(ids, test_fraction: float, seed: int) -> np.ndarray:
 
 
 def merge_parts(parts: list[Path], output: Path, *, build_options: dict, test_fraction: float,
-                seed: int, compression: str | None = "lzf", progress=None) -> dict:
-    """Concatenate parts (in order) into ``output``; written to a temp name, then renamed."""
-    from phasenet import __version__
+                seed: int, compression: str | None = "lzf", progress=None,
+                extra_attrs: dict | None = None) -> dict:
+    """Concatenate parts (in order) into ``output``; written to a temp name, then renamed.
 
-    tmp = output.with_name(output.name + ".tmp")
-    failures: list[dict] = []
-    n_inputs = 0
-    sizes, atom_counts = [], []
-    hkl = None
-    for p in parts:  # first pass: sizes only
-        with h5py.File(p, "r") as h5:
-            sizes.append(h5["intensity"].shape[0])
-            atom_counts.append(int(h5["atoms/offset"][-1]))
-            failures += json.loads(h5.attrs["failures"])
-            n_inputs += int(h5.attrs["n_inputs"])
-            if hkl is None:
-                hkl = h5["hkl"][...]
-            elif not np.array_equal(hkl, h5["hkl"][...]):
-                raise DatasetError(f"{p}: reflection set differs from the other parts")
-    if hkl is None:
+    ``extra_attrs`` are written as root attributes too (shard metadata of a sharded build).
+    ``progress(n)`` is called after each part with the number of structures it added.
+    """
+    if not parts:
         raise DatasetError("no parts to merge")
-    n, r, m = sum(sizes), len(hkl), sum(atom_counts)
-    with h5py.File(tmp, "w") as out:
-        out.attrs["complete"] = False
-        d = out.create_dataset("hkl", data=hkl)
-        d.attrs["order"] = "h^2+k^2+l^2, then h, k, l; one of each Friedel pair; no 000"
-        rows = {name: _row_dataset(out, name, n, r, compression) for name in ROW_ARRAYS}
-        g = out.create_group("structures")
-        for k, (dtype, shape, meaning) in STRUCTURE_COLUMNS.items():
-            g.create_dataset(k, shape=(n,) + shape, dtype=dtype).attrs["meaning"] = meaning
-        a = out.create_group("atoms")
-        a.create_dataset("offset", shape=(n + 1,), dtype=np.int64)
-        for k, (dtype, shape) in ATOM_COLUMNS.items():
-            a.create_dataset(k, shape=(m,) + shape, dtype=dtype)
-        start, atom_start = 0, 0
-        for p, size, n_atoms in zip(parts, sizes, atom_counts):  # second pass: stream
-            with h5py.File(p, "r") as h5:
-                same_filter = h5["intensity"].compression == compression
-                for name, ds in rows.items():
-                    src = h5[name]
-                    if same_filter and compression is not None:
-                        for i in range(size):  # copy compressed chunks as they are
-                            mask, chunk = src.id.read_direct_chunk((i, 0))
-                            ds.id.write_direct_chunk((start + i, 0), chunk, mask)
-                    elif size:
-                        ds[start:start + size] = src[...]
-                if size:
-                    for k in STRUCTURE_COLUMNS:
-                        if k != "split":
-                            g[k][start:start + size] = h5["structures"][k][...]
-                    ids = [x.decode() if isinstance(x, bytes) else x for x in h5["structures/id"][...]]
-                    g["split"][start:start + size] = split_for_ids(ids, test_fraction, seed)
-                a["offset"][start:start + size + 1] = h5["atoms/offset"][...] + atom_start
-                if n_atoms:
-                    for k in ATOM_COLUMNS:
-                        a[k][atom_start:atom_start + n_atoms] = h5["atoms"][k][...]
-            start += size
-            atom_start += n_atoms
+    merger = PartMerger(output, build_options=build_options, test_fraction=test_fraction,
+                        seed=seed, compression=compression, extra_attrs=extra_attrs)
+    try:
+        for p in parts:
+            size = merger.append(p)
             if progress is not None:
                 progress(size)
+        return merger.finish()
+    except BaseException:
+        merger.abort()
+        raise
+
+
+def _part_columns(h5) -> tuple[dict, dict]:
+    """The structure and atom columns of a part ({name: array}, atoms with "offset")."""
+    if "columns" in h5:
+        data = pickle.loads(h5["columns"][...].tobytes())
+        return data["structures"], data["atoms"]
+    # parts written as groups of datasets (phasenet 0.1.0 before the pickled columns)
+    cols = {k: h5["structures"][k][...] for k in h5["structures"]}
+    atoms = {k: h5["atoms"][k][...] for k in h5["atoms"]}
+    return cols, atoms
+
+
+#: rows per HDF5 chunk of the (resizable) structure and atom columns
+_COLUMN_CHUNK = 1024
+#: structures (plus atoms / 16) a merge holds in memory before writing the columns
+_COLUMN_BUFFER = 8192
+
+
+class PartMerger:
+    """Append parts, in order, to ``output``'s temporary file (``OUT.h5.tmp``), one pass
+    over each part; :meth:`finish` writes the attributes and renames it to ``output``.
+
+    A build appends each part as soon as it and all before it exist, while workers
+    compute the rest. The datasets grow as parts arrive (resizable, chunked); compressed
+    row chunks are copied as they are, without decoding.
+    """
+
+    def __init__(self, output: Path, *, build_options: dict, test_fraction: float, seed: int,
+                 compression: str | None = "lzf", extra_attrs: dict | None = None):
+        self.output = Path(output)
+        self.tmp = self.output.with_name(self.output.name + ".tmp")
+        self.build_options, self.test_fraction, self.seed = build_options, test_fraction, seed
+        self.compression, self.extra_attrs = compression, extra_attrs
+        self.failures: list[dict] = []
+        self.n = self.m = self.n_inputs = 0
+        self.hkl = None
+        self.h5 = h5py.File(self.tmp, "w")
+        self.h5.attrs["complete"] = False
+
+    def _create(self, hkl: np.ndarray) -> None:
+        out, r = self.h5, len(hkl)
+        self.hkl = hkl
+        d = out.create_dataset("hkl", data=hkl)
+        d.attrs["order"] = "h^2+k^2+l^2, then h, k, l; one of each Friedel pair; no 000"
+        self.rows = {name: _row_dataset(out, name, 0, r, self.compression) for name in ROW_ARRAYS}
+        self.g = out.create_group("structures")
+        for k, (dtype, shape, meaning) in STRUCTURE_COLUMNS.items():
+            self.g.create_dataset(k, shape=(0,) + shape, maxshape=(None,) + shape, dtype=dtype,
+                                  chunks=(_COLUMN_CHUNK,) + shape).attrs["meaning"] = meaning
+        self.a = out.create_group("atoms")
+        self.a.create_dataset("offset", data=np.zeros(1, dtype=np.int64), maxshape=(None,),
+                              chunks=(_COLUMN_CHUNK,))
+        for k, (dtype, shape) in ATOM_COLUMNS.items():
+            self.a.create_dataset(k, shape=(0,) + shape, maxshape=(None,) + shape, dtype=dtype,
+                                  chunks=(4 * _COLUMN_CHUNK,) + shape)
+        # columns are buffered and written in large blocks
+        self._cols = {k: [] for k in STRUCTURE_COLUMNS}
+        self._atoms = {k: [] for k in ("offset",) + tuple(ATOM_COLUMNS)}
+        self._buffered = 0
+
+    def append(self, part: Path) -> int:
+        """Add one part; returns the number of structures it holds."""
+        with h5py.File(part, "r") as h5:
+            hkl = h5["hkl"][...]
+            if self.hkl is None:
+                self._create(hkl)
+            elif not np.array_equal(self.hkl, hkl):
+                raise DatasetError(f"{part}: reflection set differs from the other parts")
+            self.failures += json.loads(h5.attrs["failures"])
+            self.n_inputs += int(h5.attrs["n_inputs"])
+            cols, atoms = _part_columns(h5)
+            offsets = atoms["offset"]
+            size, n_atoms = len(offsets) - 1, int(offsets[-1])
+            start = self.n
+            if size:
+                same_filter = h5["intensity"].compression == self.compression
+                for name, ds in self.rows.items():
+                    src = h5[name]
+                    ds.resize(start + size, axis=0)
+                    if same_filter and self.compression is not None:
+                        read, write = src.id.read_direct_chunk, ds.id.write_direct_chunk
+                        for i in range(size):  # copy compressed chunks as they are
+                            mask, chunk = read((i, 0))
+                            write((start + i, 0), chunk, mask)
+                    else:
+                        ds[start:start + size] = src[...]
+                for k in STRUCTURE_COLUMNS:
+                    if k != "split":
+                        self._cols[k].append(cols[k])
+                ids = [x.decode() if isinstance(x, bytes) else x for x in cols["id"]]
+                self._cols["split"].append(split_for_ids(ids, self.test_fraction, self.seed))
+                self._atoms["offset"].append(offsets[1:] + self.m)
+            if n_atoms:
+                for k in ATOM_COLUMNS:
+                    self._atoms[k].append(atoms[k])
+        self.n += size
+        self.m += n_atoms
+        self._buffered += size + n_atoms // 16
+        if self._buffered >= _COLUMN_BUFFER:
+            self._flush()
+        return size
+
+    def _flush(self) -> None:
+        """Write the buffered column and atom rows (few large writes, not one per part)."""
+        for group, buf in ((self.g, self._cols), (self.a, self._atoms)):
+            for k, chunks in buf.items():
+                if not chunks:
+                    continue
+                data = np.concatenate(chunks)
+                ds = group[k]
+                lo = ds.shape[0]
+                ds.resize(lo + len(data), axis=0)
+                ds[lo:] = data
+                chunks.clear()
+        self._buffered = 0
+
+    def finish(self) -> dict:
+        """Write the attributes, close, rename to ``output``."""
+        from phasenet import __version__
+
+        if self.hkl is None:
+            self.abort()
+            raise DatasetError("no parts to merge")
+        self._flush()
+        out = self.h5
         out.attrs["schema_version"] = SCHEMA_VERSION
         out.attrs["phasenet_version"] = __version__
-        out.attrs["build_options"] = json.dumps(build_options, sort_keys=True)
-        out.attrs["failures"] = json.dumps(failures)
-        out.attrs["n_structures"] = n
-        out.attrs["n_failures"] = len(failures)
-        out.attrs["n_inputs"] = n_inputs
+        out.attrs["build_options"] = json.dumps(self.build_options, sort_keys=True)
+        out.attrs["failures"] = json.dumps(self.failures)
+        out.attrs["n_structures"] = self.n
+        out.attrs["n_failures"] = len(self.failures)
+        out.attrs["n_inputs"] = self.n_inputs
+        for k, v in (self.extra_attrs or {}).items():
+            out.attrs[k] = v
         out.attrs["complete"] = True
-    os.replace(tmp, output)
-    return {"n_structures": n, "failures": failures, "n_inputs": n_inputs}
+        out.close()
+        os.replace(self.tmp, self.output)
+        return {"n_structures": self.n, "failures": self.failures, "n_inputs": self.n_inputs}
+
+    def abort(self) -> None:
+        """Close and remove the temporary file (an interrupted build starts it anew)."""
+        try:
+            self.h5.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
 
 
 def _decode(arr):

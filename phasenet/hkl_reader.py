@@ -74,33 +74,136 @@ def parse_shelx_hkl(text: str, hklf: int = 4, origin: str = "SHELX hkl") -> Obse
     return _observations(rows, "F2" if hklf == 4 else "F", origin)
 
 
-_FIXED = np.dtype([("h", "S4"), ("k", "S4"), ("l", "S4"), ("v", "S8"), ("s", "S8")])
+_SPACE, _MINUS, _PLUS, _DOT, _ZERO = 32, 45, 43, 46, 48
 
 
 def _fixed_format_fast(text: str) -> np.ndarray | None:
-    """Vectorised 3I4,2F8 parse (rows h k l value sigma), or None to fall back."""
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if not lines:
-        return None
+    """Vectorised 3I4,2F8 parse (rows h k l value sigma up to the 0 0 0 line), or None
+    to fall back to the line-by-line parser (which reports the offending line).
+
+    The first 28 characters of the lines become a (28, lines) byte matrix without a
+    Python loop over lines (a plain reshape when the lines have equal lengths, as
+    SHELX writes them); the right-aligned fields are decoded with byte comparisons, a
+    decimal exactly as float() reads it (an integer mantissa of at most 8 digits divided
+    by a power of ten: one rounding). Lines after the terminator are never decoded.
+    """
     try:
-        buf = "".join(ln[:28].ljust(28) for ln in lines).encode("ascii")
+        raw = text.encode("ascii")
     except UnicodeEncodeError:
         return None
-    rec = np.frombuffer(buf, dtype=_FIXED)
-    try:
-        hkl = np.stack([rec["h"].astype(np.int64), rec["k"].astype(np.int64),
-                        rec["l"].astype(np.int64)], axis=1)
-        value = rec["v"].astype(np.float64)
-        blank = np.char.strip(rec["s"]) == b""
-        sigma = np.where(blank, b"nan", rec["s"]).astype(np.float64)
-    except ValueError:
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    if not len(buf):
         return None
-    end = np.flatnonzero((hkl == 0).all(axis=1))
-    n = end[0] if len(end) else len(hkl)
-    out = np.column_stack([hkl[:n].astype(np.float64), value[:n], sigma[:n]])
+    nl = np.flatnonzero(buf == 10)
+    starts = np.concatenate([[0], nl + 1])
+    ends = np.concatenate([nl, [len(buf)]])
+    ends = ends - ((ends > starts) & (buf[np.maximum(ends - 1, 0)] == 13))  # CR LF
+    # blank lines (spaces, tabs, form feeds only) are skipped, as str.strip() does
+    filled = np.ones(len(starts), dtype=bool)
+    short = np.flatnonzero(ends - starts < 12)  # a line with h k l is at least 12 long
+    for i in short:
+        filled[i] = bool(raw[starts[i]:ends[i]].strip())
+    starts, ends = starts[filled], ends[filled]
+    if not len(starts):
+        return None
+    m = _uniform_block(buf, starts, ends)
+    if m is None:  # lines of different lengths before the terminator: gather them
+        padded = np.concatenate([buf, np.full(28, _SPACE, dtype=np.uint8)])
+        idx = starts[None, :] + np.arange(28)[:, None]
+        m = np.where(np.arange(28)[:, None] < (ends - starts)[None, :], padded[idx],
+                     np.uint8(_SPACE))
+    hkl = np.empty((m.shape[1], 3), dtype=np.int64)
+    ok = np.ones(m.shape[1], dtype=bool)
+    for j in range(3):
+        hkl[:, j], valid, _ = _decode_field(m[4 * j:4 * j + 4], integer=True)
+        ok &= valid
+    end = np.flatnonzero(ok & (hkl == 0).all(axis=1))
+    n = int(end[0]) if len(end) else m.shape[1]
+    if not ok[:n].all():
+        return None
+    m, hkl = m[:, :n], hkl[:n]
+    value, v_ok, _ = _decode_field(m[12:20])
+    sigma, s_ok, s_blank = _decode_field(m[20:28])
+    if v_ok.all() and (s_ok | s_blank).all():
+        sigma[s_blank] = np.nan
+    else:  # exponents, left-aligned numbers ...: numpy's conversion of the two fields
+        rec = np.frombuffer(np.ascontiguousarray(m[12:28].T).tobytes(),
+                            dtype=np.dtype([("v", "S8"), ("s", "S8")]))
+        try:
+            value = rec["v"].astype(np.float64)
+            blank = np.char.strip(rec["s"]) == b""
+            sigma = np.where(blank, b"nan", rec["s"]).astype(np.float64)
+        except ValueError:
+            return None
+    out = np.column_stack([hkl.astype(np.float64), value, sigma])
     if not np.isfinite(out[:, 3]).all():
         return None
     return out
+
+
+def _uniform_block(buf, starts, ends) -> np.ndarray | None:
+    """(28, k) bytes of the first k lines when they are consecutive, of one length
+    (>= 28) and include a line starting '   0   0   0' (or are all the lines)."""
+    length = ends - starts
+    n_line = int(length[0])
+    if n_line < 28:
+        return None
+    step = int(starts[1] - starts[0]) if len(starts) > 1 else n_line + 1
+    same = (length == n_line) & (starts == starts[0] + step * np.arange(len(starts)))
+    k = int(np.argmin(same)) if not same.all() else len(starts)
+    if k < len(starts):  # the terminator must be among the uniform lines
+        lo = int(starts[0]) - 1
+        at = buf[max(lo, 0):int(starts[k])].tobytes().find(b"\n   0   0   0")
+        if at < 0 and not (lo < 0 and buf[:12].tobytes() == b"   0   0   0"):
+            return None
+    block = buf[starts[0]:starts[0] + step * k]
+    if len(block) < step * k:  # last line without its newline
+        block = np.concatenate([block, np.full(step * k - len(block), _SPACE, np.uint8)])
+    return np.ascontiguousarray(block.reshape(k, step)[:, :28].T)
+
+
+def _decode_field(f: np.ndarray, integer: bool = False):
+    """A right-aligned fixed-width number per column of the byte matrix ``f`` (width
+    x rows): (value, valid, blank). Valid: spaces, an optional sign, digits with at most
+    one point (none in an integer), at least one digit, ending in the last position."""
+    w, n = f.shape
+    total = np.zeros(n)  # positional value, a point counting as a zero digit
+    left = np.zeros(n)  # the part left of the point (one power of ten too many)
+    seen_ink = np.zeros(n, dtype=bool)
+    seen_dot = np.zeros(n, dtype=bool)
+    valid = np.ones(n, dtype=bool)
+    any_digit = np.zeros(n, dtype=bool)
+    minus = np.zeros(n, dtype=bool)
+    n_dot = np.zeros(n, dtype=np.int8)
+    decimals = np.zeros(n, dtype=np.int8)
+    for c in range(w):
+        row = f[c]
+        digit = (row >= _ZERO) & (row <= _ZERO + 9)
+        dot = row == _DOT
+        space = row == _SPACE
+        sign = (row == _MINUS) | (row == _PLUS)
+        # spaces, then an optional sign, then digits and points to the end
+        valid &= digit | dot | ((space | sign) & ~seen_ink)
+        seen_ink |= ~space
+        any_digit |= digit
+        minus |= row == _MINUS
+        n_dot += dot
+        decimals += digit & seen_dot
+        seen_dot |= dot
+        v = np.where(digit, row - np.uint8(_ZERO), np.uint8(0)) * (10.0 ** (w - 1 - c))
+        total += v
+        left += v * ~seen_dot
+    blank = ~seen_ink
+    valid &= any_digit & (n_dot <= (0 if integer else 1))
+    mant = total - left + left / 10.0  # left is a multiple of 10 where a point follows
+    if integer:
+        return np.where(minus, -total, total).astype(np.int64), valid, blank
+    mant = np.where(seen_dot, mant, total)
+    value = mant / _POW10[decimals]  # exact integer / exact power of ten: one rounding
+    return np.where(minus, -value, value), valid, blank
+
+
+_POW10 = 10.0 ** np.arange(9)
 
 
 def _fixed_row(line: str):
@@ -149,8 +252,12 @@ def _refln_loop(block, origin: str) -> Observations | None:
     for value_tag, sigma_tag, kind in _REFLN_COLUMNS:
         if len(block.find_loop(value_tag)) == 0:
             continue
-        tags = ["_refln_index_h", "_refln_index_k", "_refln_index_l", value_tag]
         has_sigma = len(block.find_loop(sigma_tag)) > 0
+        fast = _refln_fast(block, value_tag, sigma_tag if has_sigma else None)
+        if fast is not None:
+            hkl, value, sigma = fast
+            return _observations_array(hkl, value, sigma, kind, origin)
+        tags = ["_refln_index_h", "_refln_index_k", "_refln_index_l", value_tag]
         if has_sigma:
             tags.append(sigma_tag)
         table = block.find(tags)
@@ -170,6 +277,47 @@ def _refln_loop(block, origin: str) -> Observations | None:
             rows.append((h, k, l, v, s))
         return _observations(rows, kind, origin)
     return None
+
+
+def _refln_fast(block, value_tag: str, sigma_tag: str | None):
+    """(hkl, value, sigma) of a ``_refln_`` loop through gemmi's ReflnBlock (C++), rows
+    with '?' or '.' values dropped; None whenever the row-by-row reader must decide
+    (indices that are not plain integers, non-numeric values, columns in other loops)."""
+    tags = ["_refln_index_h", "_refln_index_k", "_refln_index_l", value_tag]
+    if sigma_tag is not None:
+        tags.append(sigma_tag)
+    item = block.find_loop_item("_refln_index_h")
+    if item is None or item.loop is None or any(t not in item.loop.tags for t in tags):
+        return None
+    values = block.find_loop(value_tag)
+    try:
+        # gemmi moves the block's contents into the ReflnBlock: give it a copy of the loop
+        doc = gemmi.cif.Document()
+        copy = doc.add_new_block("refln")
+        copy.add_item(item)
+        rb = gemmi.hkl_cif_as_refln_block(copy)
+        hkl = np.asarray(rb.make_miller_array(), dtype=np.int32)
+        value = np.asarray(rb.make_float_array(value_tag[len("_refln_"):]), dtype=np.float64)
+        sigma = (np.asarray(rb.make_float_array(sigma_tag[len("_refln_"):]), dtype=np.float64)
+                 if sigma_tag is not None else np.full(len(value), np.nan))
+    except Exception:  # indices that are not integers, ...: the row-by-row reader says why
+        return None
+    if len(hkl) != len(value) or len(sigma) != len(value):
+        return None
+    missing = np.flatnonzero(~np.isfinite(value))
+    if len(missing):
+        if any(values[int(i)] not in ("?", ".") for i in missing):
+            return None
+        keep = np.isfinite(value)
+        hkl, value, sigma = hkl[keep], value[keep], sigma[keep]
+    return hkl, value, sigma
+
+
+def _observations_array(hkl, value, sigma, kind: str, origin: str) -> Observations:
+    if not len(value):
+        raise ReflectionError(f"{origin}: no reflections")
+    return Observations(hkl=np.ascontiguousarray(hkl, dtype=np.int32), value=value, sigma=sigma,
+                        kind=kind, origin=origin)
 
 
 def observations_from_block(block, source: str = "") -> Observations | None:

@@ -9,6 +9,7 @@ that were not measured stay NaN, never zero.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -25,6 +26,28 @@ class MergedObservations:
     n_on_grid: int  # grid reflections that received a value
 
 
+@lru_cache(maxsize=256)
+def _grid_classes_cached(rot_bytes: bytes, m: int, grid_bytes: bytes, n: int):
+    rotations = np.frombuffer(rot_bytes, dtype=np.int64).reshape(m, 3, 3)
+    grid = np.frombuffer(grid_bytes, dtype=np.int64).reshape(n, 3)
+    classes, grid_class = np.unique(laue_asu_keys(grid, rotations), return_inverse=True)
+    return classes, grid_class.ravel()
+
+
+def _grid_classes(rotations: np.ndarray, grid_hkl: np.ndarray):
+    """(sorted Laue keys of the grid's classes, class index of each grid reflection)."""
+    rot = np.unique(np.ascontiguousarray(rotations, dtype=np.int64).reshape(-1, 9), axis=0)
+    grid = np.ascontiguousarray(grid_hkl, dtype=np.int64)
+    return _grid_classes_cached(rot.tobytes(), len(rot), grid.tobytes(), len(grid))
+
+
+def _s2(hkl: np.ndarray, gstar: np.ndarray) -> np.ndarray:
+    """hᵀ G* h of each row (column arithmetic: no reductions over a short axis)."""
+    h = np.asarray(hkl, dtype=np.float64).T
+    return (gstar[0, 0] * h[0] ** 2 + gstar[1, 1] * h[1] ** 2 + gstar[2, 2] * h[2] ** 2
+            + 2 * (gstar[0, 1] * h[0] * h[1] + gstar[0, 2] * h[0] * h[2] + gstar[1, 2] * h[1] * h[2]))
+
+
 def merge_onto_grid(obs: Observations, rotations: np.ndarray, grid_hkl: np.ndarray,
                     cell=None) -> MergedObservations:
     """Merge ``obs`` and spread it over ``grid_hkl``; ``cell`` (gemmi.UnitCell) lets
@@ -33,31 +56,32 @@ def merge_onto_grid(obs: Observations, rotations: np.ndarray, grid_hkl: np.ndarr
     hkl = np.asarray(obs.hkl)
     if cell is not None:  # equivalents share |s|: drop what cannot reach the grid
         gstar = reciprocal_metric(cell)
-        s2 = np.einsum("ni,ij,nj->n", hkl.astype(float), gstar, hkl.astype(float))
-        g2 = np.einsum("ni,ij,nj->n", grid_hkl.astype(float), gstar, grid_hkl.astype(float))
-        near = s2 <= g2.max() * (1 + 1e-6)
+        near = _s2(hkl, gstar) <= _s2(grid_hkl, gstar).max() * (1 + 1e-6)
         hkl, i_obs, s_obs = hkl[near], i_obs[near], s_obs[near]
     if len(hkl) == 0:
         nan = np.full(len(grid_hkl), np.nan)
         return MergedObservations(nan, nan.copy(), len(obs.hkl), 0, 0)
-    # symmetry keys once per distinct index, not per measurement
-    uhkl, back = np.unique(hkl, axis=0, return_inverse=True)
-    keys = laue_asu_keys(uhkl, rotations)[back.ravel()]
-    uniq, inverse = np.unique(keys, return_inverse=True)
-    good_sigma = np.isfinite(s_obs) & (s_obs > 0)
-    if good_sigma.all():
-        w = 1.0 / s_obs**2
-        wsum = np.bincount(inverse, weights=w, minlength=len(uniq))
-        mean = np.bincount(inverse, weights=w * i_obs, minlength=len(uniq)) / wsum
-        sig = 1.0 / np.sqrt(wsum)
+    keys = laue_asu_keys(hkl, rotations)
+    classes, grid_class = _grid_classes(rotations, grid_hkl)
+    # only classes with a member on the grid matter; the others are counted, not merged
+    pos = np.minimum(np.searchsorted(classes, keys), len(classes) - 1)
+    on_grid = classes[pos] == keys
+    n_unique = int(len(np.unique(pos[on_grid])) + len(np.unique(keys[~on_grid])))
+    pos, i_g, s_g = pos[on_grid], i_obs[on_grid], s_obs[on_grid]
+    k = len(classes)
+    if np.all(np.isfinite(s_obs) & (s_obs > 0)):
+        w = 1.0 / s_g**2
+        wsum = np.bincount(pos, weights=w, minlength=k)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.bincount(pos, weights=w * i_g, minlength=k) / wsum
+            sig = 1.0 / np.sqrt(wsum)
     else:
-        cnt = np.bincount(inverse, minlength=len(uniq)).astype(float)
-        mean = np.bincount(inverse, weights=i_obs, minlength=len(uniq)) / cnt
-        sig = np.full(len(uniq), np.nan)
-    grid_keys = laue_asu_keys(grid_hkl, rotations)
-    pos = np.searchsorted(uniq, grid_keys)
-    pos = np.clip(pos, 0, len(uniq) - 1)
-    found = uniq[pos] == grid_keys
-    intensity = np.where(found, mean[pos], np.nan)
-    sigma = np.where(found, sig[pos], np.nan)
-    return MergedObservations(intensity, sigma, len(obs.hkl), len(uniq), int(found.sum()))
+        cnt = np.bincount(pos, minlength=k).astype(float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.bincount(pos, weights=i_g, minlength=k) / cnt
+        sig = np.full(k, np.nan)
+    measured = np.bincount(pos, minlength=k) > 0
+    found = measured[grid_class]
+    intensity = np.where(found, mean[grid_class], np.nan)
+    sigma = np.where(found, sig[grid_class], np.nan)
+    return MergedObservations(intensity, sigma, len(obs.hkl), n_unique, int(found.sum()))

@@ -77,7 +77,10 @@ def normalise(method: str, i_calc: np.ndarray, i_obs: np.ndarray | None = None, 
         if not has_obs:
             return NormalisationResult(i_calc.copy(), 1.0, 0.0, float("nan"), corr, n)
         x, y = i_calc[mask], i_obs[mask]
-        a, b = np.polyfit(x, y, 1) if n >= 2 else (y.sum() / max(x.sum(), 1e-30), 0.0)
+        if n >= 2 and np.ptp(x) > 1e-9 * np.abs(x).max():
+            a, b = np.polyfit(x, y, 1)
+        else:  # one distinct I_calc (e.g. one measured class): a scale only
+            a, b = y.sum() / max(x.sum(), 1e-30), 0.0
         if not np.isfinite(a) or a <= 0:
             raise ValueError(f"linear regression of I_obs on I_calc gave slope {a:.3g}")
         return NormalisationResult((i_obs - b) / a, float(a), float(b), float("nan"), corr, n)

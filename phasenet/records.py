@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -56,6 +57,23 @@ def hill_formula(elements, occupancy) -> str:
     return " ".join(parts)
 
 
+def systematic_absences(triplets, hkl: np.ndarray) -> np.ndarray:
+    """(R,) bool, read-only: reflections the operators make systematically absent
+    (gemmi's rule; cached per operator set and reflection list)."""
+    hkl = np.ascontiguousarray(hkl, dtype=np.int32)
+    return _absences_cached(tuple(triplets), hkl.tobytes(), len(hkl))
+
+
+@lru_cache(maxsize=1024)
+def _absences_cached(triplets: tuple[str, ...], hkl_bytes: bytes, n: int) -> np.ndarray:
+    # the operators in their given order: gemmi expects the zero centring vector first
+    hkl = np.frombuffer(hkl_bytes, dtype=np.int32).reshape(n, 3)
+    group = SymmetryOps.from_triplets(triplets).group_ops()
+    out = np.asarray(group.systematic_absences(np.ascontiguousarray(hkl)), dtype=bool)
+    out.setflags(write=False)
+    return out
+
+
 def compute_record(structure: Structure, hkl: np.ndarray, normalisation: str = "linreg") -> StructureRecord:
     """Everything a dataset stores for one structure (raises ValueError on failure)."""
     ops = SymmetryOps.from_triplets(structure.symops)
@@ -64,7 +82,7 @@ def compute_record(structure: Structure, hkl: np.ndarray, normalisation: str = "
     origin = ops.has_origin_inversion
     f = structure_factors(structure, hkl, contents, real=origin)
 
-    absent = np.asarray(group.systematic_absences(np.ascontiguousarray(hkl, dtype=np.int32)), dtype=bool)
+    absent = systematic_absences(ops.triplets, hkl)
     f[absent] = 0.0
     centro = ops.is_centrosymmetric
     amp2 = (f.real**2 + f.imag**2)

@@ -76,12 +76,29 @@ def laue_asu_keys(hkl: np.ndarray, rotations: np.ndarray) -> np.ndarray:
     on fractional coordinates (x' = R x + t); reflections transform as h' = h R.
     The key is the largest packed key over the orbit {±h R}.
     """
+    # The packed key is linear in (h, k, l): key(h R) = h · (R c) + K0 with
+    # c = (1024², 1024, 1), and key(-h R) = K0 - h · (R c). The largest key of the
+    # orbit is therefore K0 + max over the distinct R of |h · R c|: one small matrix
+    # product (exact in float64 for |index| < 512), no orbit materialised.
     hkl = np.asarray(hkl, dtype=np.int64)
-    rots = np.asarray(rotations, dtype=np.int64)
-    eq = np.einsum("ni,mij->mnj", hkl, rots)  # (m, n, 3)
-    eq = np.concatenate([eq, -eq], axis=0)
-    keys = hkl_keys(eq.reshape(-1, 3)).reshape(eq.shape[0], eq.shape[1])
-    return keys.max(axis=0)
+    if len(hkl) == 0:
+        return np.zeros(0, dtype=np.int64)
+    k0 = int(hkl_keys(np.zeros((1, 3), dtype=np.int64))[0])
+    coef = _orbit_key_coefficients(np.asarray(rotations, dtype=np.int64))  # (3, md) float64
+    h = hkl.astype(np.float64).T  # (3, n): rows contiguous, so the max runs over rows
+    best = np.zeros(len(hkl))
+    for r in coef.T:
+        np.maximum(best, np.abs(r[0] * h[0] + r[1] * h[1] + r[2] * h[2]), out=best)
+    return best.astype(np.int64) + k0
+
+
+_PACK = np.array([1024 * 1024, 1024, 1], dtype=np.int64)
+
+
+def _orbit_key_coefficients(rotations: np.ndarray) -> np.ndarray:
+    """(3, md) float64: R c for each distinct rotation R (c packs an index into a key)."""
+    rots = np.unique(rotations.reshape(-1, 9), axis=0).reshape(-1, 3, 3)
+    return (rots @ _PACK).T.astype(np.float64)
 
 
 def lookup(grid_hkl: np.ndarray, hkl: np.ndarray) -> np.ndarray:

@@ -240,3 +240,91 @@ def test_fast_hkl_parse_equals_row_by_row(manifest, real_data_dir):
         assert obs.hkl.tolist() == ref[:, :3].astype(int).tolist(), f
         assert np.array_equal(obs.value, ref[:, 3]), f
         assert np.array_equal(obs.sigma, ref[:, 4], equal_nan=True), f
+
+
+# ------------------------------------------------- the vectorised readers' edge cases
+
+
+@pytest.mark.parametrize("text", [
+    # SHELX writes equal lines; text after the terminator (res instructions) is not read
+    "   1   0   0 3048.59 145.914   2\n  -1   0   0 -0.0279 0.03389   7\n"
+    "   0   0   0    0.00    0.00   0\n\nTITL after the terminator\nCELL 0.71 1 2 3 90 90 90\n",
+    # CR LF, blank lines, lines of different lengths, no terminator, no final newline
+    "   1   2   3   12.34    0.56\r\n\r\n  -1  10  -3 1234.56   10.00   3\r\n  -2   0   0  -0.5\r\n",
+    # full-width fields run together, negative zero, a point at the end, a sign
+    "   0   0  -1-0.63875 3541.28   7\n  10  -5-100 1234.5  -0.000\n   3   3   3    123.   +1.50\n",
+    # exponents, a trailing space: numpy's conversion of the value columns
+    "   1   0   0 1.2E+03  3.0E01\n   2   0   0  10.00     1.00\n   0   0   0    0.00    0.00\n",
+])
+def test_fast_hkl_parse_edge_cases(text):
+    from phasenet.hkl_reader import _fixed_format_fast
+
+    fast = _fixed_format_fast(text)
+    assert fast is not None
+    assert np.array_equal(fast, _row_by_row(text), equal_nan=True)
+    obs = parse_shelx_hkl(text, 4)
+    assert np.array_equal(obs.value, _row_by_row(text)[:, 3])
+
+
+@pytest.mark.parametrize("text", [
+    "   1   0   0   10.00    0.50\nnot a reflection at all\n",  # junk before the terminator
+    "  -1-10   3   12.34    0.56\n",  # an index not right-aligned
+    "1 2 3 100.5 3.2\n-1 0 2 5 1\n0 0 0 0 0\n",  # free format
+])
+def test_fast_hkl_parse_declines(text):
+    """What the vectorised parser cannot read exactly it leaves to the line reader."""
+    from phasenet.hkl_reader import _fixed_format_fast
+
+    assert _fixed_format_fast(text) is None
+
+
+def _refln_block(rows, value_tag="_refln_F_squared_meas", sigma=True):
+    import gemmi
+
+    tags = ["_refln_index_h", "_refln_index_k", "_refln_index_l", value_tag]
+    if sigma:
+        tags.append(value_tag.replace("_meas", "_sigma"))
+    text = "data_t\n_cell_length_a 5\nloop_\n" + "\n".join(tags) + "\n" + "\n".join(rows) + "\n"
+    return gemmi.cif.read_string(text).sole_block()
+
+
+def test_refln_loop_fast_path_equals_row_by_row(monkeypatch):
+    from phasenet import hkl_reader
+
+    rows = ["1 2 3 10.5 0.5", "-1 0 2 ? 0.2", "2 0 0 . .", "3 1 1 12.3(4) 1", "0 0 1 7 ?"]
+    fast = hkl_reader._refln_loop(_refln_block(rows), "t")
+    monkeypatch.setattr(hkl_reader, "_refln_fast", lambda *a, **k: None)
+    slow = hkl_reader._refln_loop(_refln_block(rows), "t")
+    assert fast.hkl.tolist() == slow.hkl.tolist() == [[1, 2, 3], [3, 1, 1], [0, 0, 1]]
+    assert np.array_equal(fast.value, slow.value) and fast.kind == slow.kind == "F2"
+    assert np.array_equal(fast.sigma, slow.sigma, equal_nan=True)
+
+
+@pytest.mark.parametrize("rows,words", [
+    (["1 2 3 10.5 0.5", "1 0 0 abc 1"], "non-numeric"),
+    (["1 2 3 10.5 0.5", "1. 0 0 3 1"], "non-integer"),
+])
+def test_refln_loop_errors_come_from_the_row_reader(rows, words):
+    from phasenet import hkl_reader
+
+    with pytest.raises(ReflectionError, match=words):
+        hkl_reader._refln_loop(_refln_block(rows), "t")
+
+
+def test_refln_fast_path_leaves_the_block_intact():
+    """gemmi's ReflnBlock takes the contents of the block it is given: the reader gives
+    it a copy, so the structure's own block stays readable."""
+    from phasenet import hkl_reader
+
+    block = _refln_block(["1 2 3 10.5 0.5", "2 0 0 3 1"])
+    assert hkl_reader._refln_loop(block, "t") is not None
+    assert block.name == "t" and len(block.find_loop("_refln_index_h")) == 2
+    assert block.find_value("_cell_length_a") == "5"
+
+
+def test_merging_classes_off_the_grid_are_counted():
+    """Measured classes that never reach the grid still count as unique reflections."""
+    rot = SymmetryOps.from_triplets(P2M_OPS).rotations
+    obs = _obs([(1, 2, 3, 10.0, 1.0), (-1, 2, -3, 14.0, 1.0), (9, 9, 9, 5.0, 1.0)])
+    m = merge_onto_grid(obs, rot, canonical_hkl(3))
+    assert m.n_measured == 3 and m.n_unique == 2 and m.n_on_grid == 2

@@ -279,3 +279,245 @@ def test_inversion_centre_off_the_origin(real_cif, name):
     dev = np.minimum(dev, np.pi - dev)
     assert dev.max() < 1e-3, f"phase off pi h.t (mod pi) by up to {dev.max():.2g} rad"
     assert np.mean(np.abs(np.sin(rec.phase_calc[strong])) > 0.5) > 0.2  # not just 0 / pi
+
+
+# ------------------------------------------- symmetric summation vs the direct sum
+#
+# structure_factors(method="auto") uses the space group: Laue orbits of the reflections,
+# one atom of each inversion pair (cosines only), the primitive part of centred cells.
+# method="direct" sums every atom of the cell for every reflection. Both must agree on
+# every kind of group, and with cctbx.
+
+
+def _compare_auto_direct(s, hkl, tol=1e-4):
+    from phasenet.structure_factors import expand_to_unit_cell
+
+    contents = expand_to_unit_cell(s)
+    auto = structure_factors(s, hkl, contents)
+    direct = structure_factors(s, hkl, contents, method="direct")
+    scale = np.abs(direct).sum()
+    r_complex = np.abs(auto - direct).sum() / scale
+    assert r_complex <= tol, f"{s.id} ({s.space_group}): complex R(auto, direct) = {r_complex:.2e}"
+    ops = SymmetryOps.from_triplets(s.symops)
+    if ops.has_origin_inversion:
+        assert np.all(auto.imag == 0), f"{s.id}: F not real with an inversion centre at the origin"
+        strong = np.abs(direct) > 1e-5 * np.abs(direct).max()
+        assert np.array_equal(np.sign(auto.real[strong]), np.sign(direct.real[strong])), s.id
+    return auto, direct
+
+
+def _one_per_setting(manifest, max_atoms=150):
+    """One readable, undamaged real structure per distinct operator set (setting)."""
+    c = manifest[(manifest.gemmi_reads == True)  # noqa: E712
+                 & ~manifest.notes.str.contains("cod-tools-test-variant")
+                 & (manifest.kind == "structure")
+                 & (manifest.n_atoms <= max_atoms)].sort_values(["n_atoms", "file"])
+    seen, out = set(), []
+    for path in c.path:
+        for item in read_cif(path, read_observations=False):
+            if isinstance(item, Structure):
+                key = frozenset(item.symops)
+                if key not in seen:
+                    seen.add(key)
+                    out.append(item)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_symmetric_sum_equals_direct_sum_for_every_setting(manifest):
+    """Every operator set among the real files (~100: triclinic to cubic, centred
+    lattices, inversion centres at and away from the origin, non-standard settings):
+    the symmetric sum equals the direct sum, and cctbx's direct summation."""
+    structures = _one_per_setting(manifest)
+    assert len(structures) >= 60
+    kinds = {"origin": 0, "off_origin": 0, "acentric": 0, "centred": 0}
+    from phasenet.structure_factors import _symmetry_info
+
+    for s in structures:
+        info = _symmetry_info(tuple(s.symops))
+        kinds["origin" if info.origin_inversion else "off_origin" if info.inversion is not None
+              else "acentric"] += 1
+        kinds["centred"] += len(info.centring) > 1
+        auto, _ = _compare_auto_direct(s, HKL)
+        fc, absent = cctbx_fcalc(s, HKL)
+        keep = ~absent
+        r = np.abs(auto[keep] - fc[keep]).sum() / np.abs(fc[keep]).sum()
+        assert r <= 1e-3, f"{s.id} ({s.space_group}): complex R vs cctbx {r:.2e}"
+        if info.origin_inversion:
+            strong = keep & (np.abs(fc) > 1e-6 * np.abs(fc).max())
+            assert np.array_equal(np.sign(auto.real[strong]), np.sign(fc.real[strong])), s.id
+    # (inversion centres away from the origin are rare in real files: the synthetic
+    # settings of test_non_standard_settings cover more)
+    assert kinds["off_origin"] >= 2 and min(kinds.values()) >= 2, kinds
+
+
+def _shifted(s: Structure, shift) -> Structure:
+    """The same crystal with the origin moved by -shift: x' = x + shift, each operator
+    (R, t) becoming (R, t + shift - R shift); a setting no table lists."""
+    import gemmi
+    from dataclasses import replace
+    from fractions import Fraction
+
+    tr = ",".join(f"{ax}+{Fraction(v).limit_denominator(24)}" if v else ax
+                  for ax, v in zip("xyz", shift))
+    sh = gemmi.Op(tr)
+    ops = [(sh * gemmi.Op(t) * sh.inverse()).wrap().triplet() for t in s.symops]
+    atoms = replace(s.atoms, frac=s.atoms.frac + np.asarray(shift, dtype=float))
+    return replace(s, symops=tuple(ops), atoms=atoms, space_group="", sg_number=0,
+                   block=s.block + "-shifted")
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("name,shift,origin_inversion", [
+    ("StructureFinder_P-1.cif", (0.25, 0.0, 0.0), False),  # inversion centre off the origin
+    ("StructureFinder_P-1.cif", (0.5, 0.5, 0.0), True),  # another inversion centre at the origin
+    ("FinalCif_p21c.cif", (0.125, 0.25, 0.375), False),
+    ("PyXtal_NaCl.cif", (0.25, 0.25, 0.25), False),  # F centred, off-origin centre
+    ("FinalCif_1000006.cif", (1 / 12, 1 / 6, 0.375), False),  # P212121: acentric anyway
+])
+def test_non_standard_settings(structure_of, name, shift, origin_inversion):
+    """Moving the origin: |F| unchanged, phases shifted by 2π h·shift; the symmetric
+    sum equals the direct sum and cctbx in the new setting, with and without an
+    inversion centre at the origin."""
+    s0 = structure_of(name)
+    s = _shifted(s0, shift)
+    ops = SymmetryOps.from_triplets(s.symops)
+    assert ops.has_origin_inversion == origin_inversion
+    hkl = canonical_hkl(6)
+    auto, _ = _compare_auto_direct(s, hkl)
+    f0 = structure_factors(s0, hkl)
+    expect = f0 * np.exp(2j * np.pi * (hkl @ np.asarray(shift, dtype=float)))
+    assert np.abs(auto - expect).sum() / np.abs(f0).sum() <= 1e-5
+    fc, absent = cctbx_fcalc(s, hkl)
+    keep = ~absent
+    r = np.abs(auto[keep] - fc[keep]).sum() / np.abs(fc[keep]).sum()
+    assert r <= 1e-3, f"complex R vs cctbx {r:.2e}"
+    if origin_inversion:
+        rec = compute_record(s, hkl)
+        assert rec.centric_origin and set(np.unique(rec.sign)) <= {SIGN_PLUS, SIGN_MINUS, NO_SIGN}
+
+
+def test_any_reflection_list():
+    """Reflections in any order, with duplicates, both Friedel mates, 000 and indices
+    beyond the canonical box (hexagonal orbits leave it): auto equals direct."""
+    rng = np.random.default_rng(3)
+    hkl = rng.integers(-14, 15, size=(600, 3))
+    hkl = np.concatenate([hkl, -hkl[:50], hkl[:20], [[0, 0, 0]]])
+    for sg in ("P 63/m m c", "P 1 21/c 1", "R -3 m :H", "F d -3 m :1", "I 41/a c d :2", "P 31 2 1"):
+        s = _random_structure(sg, seed=len(sg))
+        _compare_auto_direct(s, hkl)
+
+
+def _random_structure(symbol: str, seed: int, n_sites: int = 6) -> Structure:
+    """A structure of random general-position atoms (with U_aniso) in a group."""
+    import gemmi
+
+    from phasenet.structure import AtomicModel
+
+    rng = np.random.default_rng(seed)
+    sg = gemmi.SpaceGroup(symbol)
+    cell = {"triclinic": (7.1, 8.2, 9.3, 80, 85, 95), "monoclinic": (7.1, 8.2, 9.3, 90, 101, 90),
+            "orthorhombic": (7.1, 8.2, 9.3, 90, 90, 90), "tetragonal": (7.1, 7.1, 9.3, 90, 90, 90),
+            "trigonal": (7.1, 7.1, 9.3, 90, 90, 120), "hexagonal": (7.1, 7.1, 9.3, 90, 90, 120),
+            "cubic": (9.1, 9.1, 9.1, 90, 90, 90)}[sg.crystal_system_str()]
+    ops = tuple(op.triplet() for op in sg.operations())
+    n = n_sites
+    u = np.zeros((n, 6))
+    u[:, :3] = rng.uniform(0.01, 0.04, (n, 3))
+    atoms = AtomicModel(
+        label=np.array([f"A{i}" for i in range(n)]), element=np.array(["C", "O", "N", "S", "Fe", "H"][:n]),
+        charge=np.zeros(n, dtype=np.int8), frac=rng.random((n, 3)), occupancy=rng.uniform(0.5, 1, n),
+        u_iso=u[:, :3].mean(axis=1), u_aniso=np.where(np.arange(n)[:, None] % 2 == 0, u, np.nan),
+        u_defaulted=np.zeros(n, dtype=bool))
+    # aniso U in a general orientation is only valid for general positions: fine here
+    return Structure(source="random", block=symbol, cell=cell, symops=ops,
+                     space_group=sg.xhm(), sg_number=sg.number, atoms=atoms)
+
+
+@pytest.mark.real_data
+def test_atoms_near_special_positions_are_symmetrised(structure_of):
+    """An atom within the tolerance of a special position is moved onto it, with its
+    U averaged over the site symmetry (cctbx does the same): the cell is then exactly
+    symmetric and F equals cctbx's."""
+    from dataclasses import replace
+
+    from phasenet.structure_factors import expand_to_unit_cell
+
+    s0 = structure_of("PyXtal_NaCl.cif")
+    frac = s0.atoms.frac.copy()
+    frac[0] += (0.002, -0.001, 0.0015)  # ~0.01 Å off the m-3m site
+    s = replace(s0, atoms=replace(s0.atoms, frac=frac))
+    c0, c = expand_to_unit_cell(s0), expand_to_unit_cell(s)
+    assert len(c.frac) == len(c0.frac) == 8 and c.exact_symmetry
+    hkl = canonical_hkl(6)
+    f0, f = structure_factors(s0, hkl), structure_factors(s, hkl)
+    assert np.abs(f - f0).max() <= 1e-4 * np.abs(f0).max()
+    _compare_auto_direct(s, hkl)
+
+
+@pytest.mark.real_data
+def test_site_symmetry_of_u_imposed_like_cctbx(structure_of):
+    """cod-tools_9000905: Na on a 2-fold axis of C2/c with U12, U23 != 0 (forbidden
+    there). Averaged over the site symmetry the result is cctbx's (the unaveraged first
+    copy gave a complex R of 2 % against it)."""
+    s = structure_of("cod-tools_9000905.cif")
+    f = structure_factors(s, HKL)
+    fc, absent = cctbx_fcalc(s, HKL)
+    keep = ~absent
+    r = np.abs(f[keep] - fc[keep]).sum() / np.abs(fc[keep]).sum()
+    assert r <= 1e-5, f"complex R vs cctbx {r:.2e}"
+
+
+@pytest.mark.real_data
+def test_cell_contradicting_its_operators_is_summed_directly(structure_of):
+    """cod-tools_Si2: a 60° rhombohedral cell given with the cubic Fd-3m operators; the
+    metric is not invariant, so neither symmetrisation nor Laue orbits apply."""
+    from phasenet.structure_factors import _metric_invariant, expand_to_unit_cell
+
+    s = structure_of("cod-tools_Si2.cif")
+    assert not _metric_invariant(tuple(s.symops), tuple(s.cell))
+    c = expand_to_unit_cell(s)
+    assert not c.exact_symmetry
+    assert np.array_equal(structure_factors(s, HKL, c), structure_factors(s, HKL, c, method="direct"))
+
+
+def test_hand_made_contents_and_real_part():
+    """Contents not made by expand_to_unit_cell are summed as given; real=True is the real
+    part of F; the symmetric sum skips atoms of zero occupancy."""
+    from dataclasses import replace
+
+    from phasenet.structure_factors import UnitCellContents, expand_to_unit_cell
+
+    hkl = canonical_hkl(5)
+    s = _random_structure("P 1 21/c 1", seed=11)
+    c = expand_to_unit_cell(s)
+    plain = UnitCellContents(c.frac, c.weight, c.type_index, c.beta, c.types)  # no indices
+    f_plain = structure_factors(s, hkl, plain)
+    assert np.array_equal(f_plain, structure_factors(s, hkl, c, method="direct"))
+    f_real = structure_factors(s, hkl, c, real=True)
+    assert np.all(f_real.imag == 0)
+    assert np.allclose(f_real.real, structure_factors(s, hkl, c).real)
+    occ = s.atoms.occupancy.copy()
+    occ[0] = 0.0
+    s0 = replace(s, atoms=replace(s.atoms, occupancy=occ))
+    _compare_auto_direct(s0, hkl)
+    with pytest.raises(ValueError, match="method"):
+        structure_factors(s, hkl, c, method="fft")
+
+
+def test_non_positive_form_factors_beyond_their_range():
+    """IT92 fits of N, B, Cl turn negative past sinθ/λ ≈ 3 Å⁻¹ (tiny cells at high
+    indices): the symmetric sum multiplies such form factors per type and still equals
+    the direct sum."""
+    from dataclasses import replace
+
+    from phasenet.structure_factors import form_factors
+
+    s = _random_structure("P -1", seed=5, n_sites=3)  # C, O, N
+    s = replace(s, cell=(2.1, 2.3, 2.5, 88, 92, 95))
+    hkl = canonical_hkl(10)
+    stol2 = np.einsum("ni,ij,nj->n", hkl.astype(float),
+                      np.linalg.inv(np.diag([2.1, 2.3, 2.5]) ** 2), hkl.astype(float)) / 4
+    assert form_factors((("N", 0),), stol2).min() < 0
+    _compare_auto_direct(s, hkl)
