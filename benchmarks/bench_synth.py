@@ -1,13 +1,14 @@
 """Throughput of phasenet synth: stages on one core, then whole runs with 1 and 2 workers.
 
-    python benchmarks/bench_synth.py -n 200 [--workers 1 2] [--dense] [--json]
+    python benchmarks/bench_synth.py -n 200 [--workers 1 2] [--packing dense|fast] [--json]
 
 Stages (one process, ms per structure, wall and CPU time): generation
-(``generate_structure``: molecule grown in the cell, then compressed, with retries;
+(``generate_structure``: molecule grown in the cell, then squeezed, with retries;
 CPU time also split into growth and compression), structure factors
 (``compute_record``), HDF5 writing (``dataset.write_part`` of the records). Whole
 runs: ``synth_dataset`` end to end (generation, structure factors, parts, merge).
-``--dense``: the ``phasenet.synth.DENSE`` options (grow-and-squeeze rounds).
+``--packing``: the ``phasenet.synth.PACKINGS`` preset (``phasenet synth --packing``):
+dense (the default: grow and squeeze) or fast (growth only).
 Also reports the realised volume per non-H atom, non-H atom counts and space
 groups, and the load average (the machine is shared: compare CPU times).
 """
@@ -31,18 +32,19 @@ def main(argv=None):
     from phasenet import dataset
     from phasenet.records import compute_record
     from phasenet.reflections import canonical_hkl
-    from phasenet.synth import DENSE, SynthOptions, generate_structure, synth_dataset
+    from phasenet.synth import PACKINGS, SynthOptions, generate_structure, synth_dataset
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-n", type=int, default=200, help="structures (default %(default)s)")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--atoms", default="8-50", help="MIN-MAX non-H atoms (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dense", action="store_true", help="phasenet.synth.DENSE options")
+    p.add_argument("--packing", choices=sorted(PACKINGS), default="dense",
+                   help="packing preset (default %(default)s)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     lo, hi = (int(x) for x in a.atoms.split("-"))
-    extra = DENSE if a.dense else {}
+    extra = PACKINGS[a.packing]
     o = SynthOptions(seed=a.seed, atoms=(lo, hi), chunk_size=32, **extra)
     load0 = os.getloadavg()
 
@@ -91,7 +93,7 @@ def main(argv=None):
                     for s in structures])
     heavy = np.array([int((s.atoms.element != "H").sum()) for s in structures])
     cpu = 1000 * (gen[1] + sf[1] + wr[1])
-    res = {"n": a.n, "atoms": a.atoms, "dense": a.dense, "cpu_count": os.cpu_count(),
+    res = {"n": a.n, "atoms": a.atoms, "packing": a.packing, "cpu_count": os.cpu_count(),
            "generate_ms": 1000 * gen[0], "generate_cpu_ms": 1000 * gen[1],
            "grow_cpu_ms": 1000 * (split["grow_in_cell"] - split["compress_packing"]) / a.n,
            "compress_cpu_ms": 1000 * split["compress_packing"] / a.n,

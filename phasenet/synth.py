@@ -4,8 +4,8 @@ Structure ``i`` of a run with seed ``s`` comes from its own random stream
 ``np.random.default_rng([s, i])``: a space group of the run's list and a target
 size drawn once, then a cell of the matching volume in which a molecule grows
 from fragment rules (:mod:`phasenet.synth_molecules`) under the group's symmetry,
-clear of all its images (:mod:`phasenet.synth_packing`), optionally squeezed
-(``compress_rounds``, :data:`DENSE`); U_iso drawn from a range. Its model is rounded to
+clear of all its images (:mod:`phasenet.synth_packing`), then squeezed
+(``compress_rounds``, :data:`PACKINGS`); U_iso drawn from a range. Its model is rounded to
 the precision the CIF stores (cell 4 decimals, angles 3, coordinates 5, U 5)
 *before* structure factors are computed, so ``--cif-dir`` files built with
 ``phasenet build`` give the same numbers. The dataset is written like a build:
@@ -63,11 +63,12 @@ class SynthOptions:
     u_iso: tuple[float, float] = (0.005, 0.06)  # Å²
     heavy_fraction: float = 0.0
     heavy_elements: tuple[str, ...] = HEAVY_ELEMENTS
-    volume_per_atom: tuple[float, float] = (16.0, 30.0)  # Å³ per non-H atom: cell target, accepted
+    # Å³ per non-H atom: cell target drawn in it, squeezing floor (LO), accepted (<= HI)
+    volume_per_atom: tuple[float, float] = (13.0, 23.0)
     # grow-and-squeeze rounds: the grown crystal is compressed (rigid molecules, Monte
-    # Carlo relaxation), growth goes on in the smaller cell, ...; 0: growth only (fast).
-    # Dense crystals (~20 Å³ per non-H atom, ~3x the CPU time): see DENSE.
-    compress_rounds: int = 0
+    # Carlo relaxation); with 2+ growth goes on in the smaller cell and is squeezed
+    # again, ... 0: growth only. Presets: PACKINGS ("dense", the default; "fast").
+    compress_rounds: int = 1
     contact_tolerance: float = 0.2  # Å below the sum of van der Waals radii
     h_contact_tolerance: float = 0.3
     max_molecules: int = 4  # molecules in the asymmetric unit (the extra ones fill holes)
@@ -133,9 +134,17 @@ class SynthOptions:
                             chunk_size=self.chunk_size).result_options()
 
 
-#: Options for crystals as dense as real organic ones (mean ~20 Å³ per non-H atom):
-#: ``SynthOptions(**DENSE, ...)``. About 3 times the generation time of the defaults.
-DENSE = {"compress_rounds": 2, "volume_per_atom": (16.0, 22.0)}
+#: Packing presets (``phasenet synth --packing``): ``SynthOptions(**PACKINGS[name], ...)``.
+#: "dense" (the defaults): grow in a small cell (13-23 Å³ per non-H atom), squeeze once,
+#: accept <= 23 Å³ (mean ~20.5 Å³, like real organic crystals). "fast": growth only,
+#: accept <= 30 Å³ (mean ~25 Å³, loose), about 30 % less generation time.
+DENSE = {"compress_rounds": 1, "volume_per_atom": (13.0, 23.0)}
+FAST = {"compress_rounds": 0, "volume_per_atom": (16.0, 30.0)}
+PACKINGS = {"dense": DENSE, "fast": FAST}
+
+
+#: Squeezing for the hard cases (from the 3rd attempt at a structure): finer steps.
+HARD_COMPRESS = CompressOptions(step=0.04, min_step=0.004, patience=20)
 
 
 def structure_name(seed: int, index: int) -> str:
@@ -184,23 +193,29 @@ def generate_structure(index: int, options: SynthOptions | None = None) -> Struc
     n_target = int(rng.integers(lo, min(hi, cap) + 1))
     volume = z * n_target * v_target
     best = None
-    for _ in range(o.max_attempts):
+    for attempt in range(o.max_attempts):
         cell = random_cell(spec.system, volume, rng, o.max_edge, pack_opts.min_edge,
                            pack_opts.shape_sigma)
         if cell is None:
             continue
+        # hard cases (small molecules in groups with many operations jam loose): from the
+        # 3rd attempt on, one more grow-and-squeeze round and up to 2 more while too loose,
+        # with finer squeezing steps
+        hard = attempt >= 2 and o.compress_rounds > 0
         packing = grow_in_cell(rng, hi, spec, cell, mol_opts, pack_opts,
                                max_molecules=o.max_molecules,
-                               compress=CompressOptions() if o.compress_rounds else None,
-                               min_volume_per_atom=vlo, rounds=o.compress_rounds,
-                               max_volume_per_atom=vhi, extra_rounds=o.compress_rounds and 2)
+                               compress=(None if not o.compress_rounds else CompressOptions()
+                                         if not hard else HARD_COMPRESS),
+                               min_volume_per_atom=vlo, rounds=o.compress_rounds + hard,
+                               max_volume_per_atom=vhi,
+                               extra_rounds=2 if o.compress_rounds >= 2 or hard else 0)
         if packing is not None and packing.molecule.n_heavy >= lo:
             vpa = packing.volume / (z * packing.molecule.n_heavy)
             if vlo <= vpa <= vhi:
                 best = packing
                 break
         # jammed too early (small cells jam sooner): a slightly larger cell next time
-        volume = min(volume * 1.15, z * hi * v_target, max_cell_volume(spec.system, o.max_edge))
+        volume = min(volume * 1.15, z * hi * vhi, max_cell_volume(spec.system, o.max_edge))
     if best is None:
         raise GenerationError(f"{spec.name}: no structure with {lo}-{hi} non-H atoms at <= {vhi} Å³ "
                               f"per atom within {o.max_attempts} attempts (max_edge {o.max_edge} Å)")

@@ -300,14 +300,14 @@ class CompressOptions:
     each shrink followed by up to ``relax_trials`` Monte Carlo moves (rotations of
     ``rot_sigma`` rad, shifts of ``shift_sigma`` Å)."""
 
-    step: float = 0.04
-    min_step: float = 0.004
-    relax_trials: int = 60
+    step: float = 0.08
+    min_step: float = 0.01  # coarse: finer steps gain little density for much CPU time
+    relax_trials: int = 30
     rot_sigma: float = 0.06
     shift_sigma: float = 0.12
     eps: float = 0.003  # Å kept clear above every contact limit
     descent: bool = False  # steepest-descent moves (else random ones)
-    patience: int = 20  # a relaxation gives up after this many moves in a row that do not help
+    patience: int = 10  # a relaxation gives up after this many moves in a row that do not help
     expand_step: float = 0.01  # isotropic growth of a cell whose overlaps cannot be relaxed
 
 

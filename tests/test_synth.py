@@ -14,7 +14,7 @@ from phasenet import BuildOptions, build_dataset
 from phasenet.cli import EXIT_ERROR, main
 from phasenet.records import compute_record
 from phasenet.reflections import canonical_hkl
-from phasenet.synth import DENSE, SynthOptions, generate_structure, synth_dataset
+from phasenet.synth import DENSE, PACKINGS, SynthOptions, generate_structure, synth_dataset
 from phasenet.synth_molecules import COVALENT_RADIUS, grow_molecule
 from phasenet.synth_packing import PackingOptions, contact_limits
 
@@ -165,12 +165,12 @@ def test_geometry(index):
 
 
 def test_density_and_draws():
-    """Volume per non-H atom in the accepted range and far denser than rigid packing
-    (~25-45 Å³); the space group is drawn once per structure (retries do not bias it);
-    atom counts spread over the range."""
+    """Growth only (the "fast" packing): volume per non-H atom in the accepted range
+    and far denser than rigid packing (~25-45 Å³); the space group is drawn once per
+    structure (retries do not bias it); atom counts spread over the range."""
     from collections import Counter
 
-    opts = SynthOptions(seed=7)
+    opts = SynthOptions(seed=7, **PACKINGS["fast"])
     vpa, n_heavy, groups = [], [], Counter()
     for i in range(24):
         s = generate_structure(i, opts)
@@ -185,16 +185,19 @@ def test_density_and_draws():
 
 
 def test_dense_crystals():
-    """Grow-and-squeeze rounds (DENSE) reach the density of real organic crystals
-    (17-19 Å³ per non-H atom), every structure within the narrower accepted range."""
-    opts = SynthOptions(seed=7, **DENSE)
+    """The default ("dense") packing, grow and squeeze, gets close to the density of
+    real organic crystals (17-19 Å³ per non-H atom), every structure within the
+    narrower accepted range."""
+    opts = SynthOptions(seed=7)
+    assert PACKINGS["dense"] == DENSE
+    assert all(getattr(opts, k) == v for k, v in DENSE.items())
     vpa = []
     for i in range(16):
         s = generate_structure(i, opts)
         vpa.append(gemmi.UnitCell(*s.cell).volume / (len(s.symops) * int((s.atoms.element != "H").sum())))
-    assert opts.volume_per_atom == (16.0, 22.0)
-    assert 16.0 <= min(vpa) and max(vpa) <= 22.0
-    assert 17.0 <= np.mean(vpa) <= 21.0
+    assert opts.volume_per_atom == (13.0, 23.0)
+    assert 15.0 <= min(vpa) and max(vpa) <= 23.0
+    assert 17.0 <= np.mean(vpa) <= 21.5
 
 
 def test_special_positions_are_avoided():
@@ -324,3 +327,7 @@ def test_cli(tmp_path, capsys):
     assert "--atoms must look like MIN-MAX" in capsys.readouterr().err
     assert main(["synth", "-n", "3", "-o", str(tmp_path / "d.h5"), "--space-group", "P6/mmm"]) == EXIT_ERROR
     assert "not supported by the generator" in capsys.readouterr().err
+    fast = tmp_path / "f.h5"
+    assert main(["synth", "-n", "2", "-o", str(fast), "--atoms", "6-12", "--workers", "1", "--quiet",
+                 "--r2-max", "50", "--packing", "fast"]) == 0
+    assert "synthesised 2 of 2 structures" in capsys.readouterr().out
