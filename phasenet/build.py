@@ -29,8 +29,15 @@ from phasenet import _cctbx_first  # noqa: F401
 
 from phasenet import dataset  # noqa: E402
 from phasenet.cif_reader import DEFAULT_U_ISO, ReadFailure, read_cif  # noqa: E402
+# imported here, not in the workers: forked workers then start with them loaded
+from phasenet.records import compute_record  # noqa: E402
 from phasenet.normalisation import check_method  # noqa: E402
 from phasenet.reflections import DEFAULT_MAX_INDEX, canonical_hkl  # noqa: E402
+
+try:
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover
+    threadpool_limits = None
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 CIF_SUFFIXES = (".cif",)
@@ -109,7 +116,9 @@ def collect_inputs(inputs) -> list[Path]:
     found: list[Path] = []
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
+        if p.suffix.lower() not in LIST_SUFFIXES and p.is_file():  # the usual case: one stat
+            found.append(p)
+        elif p.is_dir():
             found += [q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in CIF_SUFFIXES]
         elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
             base = p.parent
@@ -124,7 +133,7 @@ def collect_inputs(inputs) -> list[Path]:
             raise BuildError(f"input not found: {p}")
     seen, out = set(), []
     for p in sorted(found, key=lambda q: str(q)):
-        key = str(p.resolve())
+        key = _resolved(p)
         if key not in seen:
             seen.add(key)
             out.append(p)
@@ -138,14 +147,23 @@ def _fingerprint(files: list[Path], options: BuildOptions) -> str:
     h.update(json.dumps(options.result_options(), sort_keys=True).encode())
     h.update(__version__.encode())
     for f in files:
-        h.update(str(f.resolve()).encode() + b"\0")
+        h.update(_resolved(f).encode() + b"\0")
     return h.hexdigest()
+
+
+_RESOLVED: dict[str, str] = {}  # within one build: collect_inputs and the fingerprint
+
+
+def _resolved(p: Path) -> str:
+    key = str(p)
+    out = _RESOLVED.get(key)
+    if out is None:
+        out = _RESOLVED[key] = os.path.realpath(key)
+    return out
 
 
 def process_files(files: list[Path], options: BuildOptions):
     """Read and compute every structure of ``files`` (no I/O besides reading)."""
-    from phasenet.records import compute_record
-
     hkl = canonical_hkl(options.max_index, options.r2_max)
     records, failures = [], []
     for path in files:
@@ -173,9 +191,7 @@ def _part_task(args):
 def _one_blas_thread():
     """BLAS on one thread while a part is computed: the matrix products are small, and
     with every core busy with a worker, BLAS threads only wait for each other."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - a dependency; without it, just slower
+    if threadpool_limits is None:  # pragma: no cover - a dependency; without it, slower
         import contextlib
 
         return contextlib.nullcontext()
@@ -206,6 +222,7 @@ def build_dataset(inputs, output, options: BuildOptions | None = None, *,
     if progress is None:
         progress = sys.stderr.isatty()
     t0 = time.perf_counter()
+    _RESOLVED.clear()
     files = collect_inputs(inputs if isinstance(inputs, (list, tuple)) else [inputs])
     if not files:
         raise BuildError("no input files (folders are searched for *.cif)")

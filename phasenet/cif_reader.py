@@ -8,6 +8,7 @@ a person can act on. Nothing here raises for bad input: failures are returned.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -341,9 +342,9 @@ def _near_image_pairs(atoms: AtomicModel, symops, cell) -> list[tuple[int, int]]
     n = len(atoms)
     if n < 2:
         return []
-    from phasenet.structure_factors import SymmetryOps
+    from phasenet.structure_factors import SymmetryOps, _canonical
 
-    ops = SymmetryOps.from_triplets(symops)
+    ops = SymmetryOps.from_triplets(_canonical(tuple(symops)))
     m = len(ops.rotations)
     uc = gemmi.UnitCell(*cell)
     orth = np.array(uc.orth.mat.tolist())
@@ -377,8 +378,12 @@ def _near_image_pairs(atoms: AtomicModel, symops, cell) -> list[tuple[int, int]]
 
 
 def structure_from_block(block, source: str, default_u: float = DEFAULT_U_ISO,
-                         read_observations: bool = True) -> Structure:
-    """Turn one gemmi CIF block into a Structure (raises StructureError)."""
+                         read_observations: bool = True, hkl_text: str | bytes | None = None
+                         ) -> Structure:
+    """Turn one gemmi CIF block into a Structure (raises StructureError).
+
+    ``hkl_text``: the block's embedded SHELX reflection file, when the caller cut it out
+    of the file before parsing (:func:`read_cif` does)."""
     try:
         ss = gemmi.make_small_structure_from_block(block)
     except Exception as exc:
@@ -396,7 +401,7 @@ def structure_from_block(block, source: str, default_u: float = DEFAULT_U_ISO,
     obs = None
     if read_observations:
         try:
-            obs = hkl_reader.observations_from_block(block, source)
+            obs = hkl_reader.observations_from_block(block, source, hkl_text)
         except hkl_reader.ReflectionError as exc:
             notes.append(f"measured reflections ignored: {exc}")
     return Structure(
@@ -421,15 +426,16 @@ def read_cif(path: str | Path, default_u: float = DEFAULT_U_ISO,
     """
     source = str(path)
     try:
-        doc = gemmi.cif.read(source)
+        doc, hkl_texts = _read_document(source)
     except Exception as exc:
         return [ReadFailure(source, "", f"not a readable CIF file ({_short(exc)})", "unreadable-cif")]
     results: list[Structure | ReadFailure] = []
-    for block in doc:
+    for index, block in enumerate(doc):
         if not _block_has_atoms(block):
             continue
         try:
-            results.append(structure_from_block(block, source, default_u, read_observations))
+            results.append(structure_from_block(block, source, default_u, read_observations,
+                                                hkl_text=hkl_texts.get(index)))
         except StructureError as exc:
             results.append(ReadFailure(source, block.name, str(exc), exc.kind))
         except Exception as exc:  # a reader bug must not stop a batch either
@@ -440,6 +446,59 @@ def read_cif(path: str | Path, default_u: float = DEFAULT_U_ISO,
     if read_observations:
         results = _attach_paired(results, doc, Path(source))
     return results
+
+
+#: an embedded SHELX reflection file: the tag on its own line, a text field after it
+_HKL_FIELD = re.compile(rb"[ \t]*_shelx_hkl_file[ \t]*\r?\n;")
+
+
+def _read_document(source: str):
+    """(gemmi Document, {block index: text of its _shelx_hkl_file}).
+
+    Embedded reflection files are most of the bytes of the CIFs that carry them, and
+    gemmi's parser is slow on long text fields (3x on the real corpus); they are cut
+    out of the file before gemmi parses it (their text fields left empty) and handed
+    to the structures' readers directly. Anything unexpected: gemmi reads the file as
+    it is (and reports its errors).
+    """
+    if source.lower().endswith(".gz"):
+        return gemmi.cif.read(source), {}
+    with open(source, "rb") as fh:
+        raw = fh.read()
+    if b"_shelx_hkl_file" not in raw:  # (the usual spelling; others: gemmi reads all)
+        try:
+            return gemmi.cif.read_string(raw), {}
+        except Exception:
+            return gemmi.cif.read(source), {}  # its message names the file
+    fields = []  # (content start, content end) of each embedded reflection file
+    at = raw.find(b"_shelx_hkl_file")
+    while at >= 0:
+        line_start = raw.rfind(b"\n", 0, at) + 1
+        m = _HKL_FIELD.match(raw, line_start)  # the tag alone on its line, then ';'
+        if m is not None:
+            end = raw.find(b"\n;", m.end())  # a text field ends at a line starting with ';'
+            if end < 0 or (fields and m.start() < fields[-1][1]):
+                return gemmi.cif.read(source), {}
+            fields.append((m.end(), end))
+            at = end
+        at = raw.find(b"_shelx_hkl_file", at + 1)
+    if not fields:
+        return gemmi.cif.read(source), {}
+    pieces, texts, at = [], [], 0
+    for start, end in fields:
+        pieces.append(raw[at:start])
+        texts.append(raw[start:end])
+        at = end
+    pieces.append(raw[at:])
+    try:
+        doc = gemmi.cif.read_string(b"".join(pieces))
+    except Exception:
+        return gemmi.cif.read(source), {}
+    holders = [i for i, block in enumerate(doc) if block.find_value("_shelx_hkl_file") is not None]
+    if len(holders) != len(texts) or any(
+            gemmi.cif.as_string(doc[i].find_value("_shelx_hkl_file")) != "" for i in holders):
+        return gemmi.cif.read(source), {}
+    return doc, dict(zip(holders, texts))
 
 
 def _attach_paired(results, doc, source: Path):

@@ -200,7 +200,7 @@ def _part_columns(h5) -> tuple[dict, dict]:
 #: rows per HDF5 chunk of the (resizable) structure and atom columns
 _COLUMN_CHUNK = 1024
 #: structures (plus atoms / 16) a merge holds in memory before writing the columns
-_COLUMN_BUFFER = 8192
+_COLUMN_BUFFER = 2048
 
 
 class PartMerger:

@@ -47,11 +47,14 @@ def hklf_code(block) -> int:
     return 4
 
 
-def parse_shelx_hkl(text: str, hklf: int = 4, origin: str = "SHELX hkl") -> Observations:
-    """Parse SHELX hkl text (HKLF 3 or 4). Stops at the 0 0 0 line."""
+def parse_shelx_hkl(text: str | bytes, hklf: int = 4, origin: str = "SHELX hkl") -> Observations:
+    """Parse SHELX hkl text (HKLF 3 or 4; str, or bytes as in the file). Stops at the
+    0 0 0 line."""
     if hklf not in (3, 4):
         raise ReflectionError(f"HKLF {hklf} is not supported (only 3 and 4)")
     fast = _fixed_format_fast(text)
+    if fast is None and isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
     if fast is not None:
         a = fast
         kind = "F2" if hklf == 4 else "F"
@@ -77,7 +80,7 @@ def parse_shelx_hkl(text: str, hklf: int = 4, origin: str = "SHELX hkl") -> Obse
 _SPACE, _MINUS, _PLUS, _DOT, _ZERO = 32, 45, 43, 46, 48
 
 
-def _fixed_format_fast(text: str) -> np.ndarray | None:
+def _fixed_format_fast(text: str | bytes) -> np.ndarray | None:
     """Vectorised 3I4,2F8 parse (rows h k l value sigma up to the 0 0 0 line), or None
     to fall back to the line-by-line parser (which reports the offending line).
 
@@ -87,10 +90,13 @@ def _fixed_format_fast(text: str) -> np.ndarray | None:
     decimal exactly as float() reads it (an integer mantissa of at most 8 digits divided
     by a power of ten: one rounding). Lines after the terminator are never decoded.
     """
-    try:
-        raw = text.encode("ascii")
-    except UnicodeEncodeError:
-        return None
+    if isinstance(text, bytes):
+        raw = text
+    else:
+        try:
+            raw = text.encode("ascii")
+        except UnicodeEncodeError:
+            return None
     buf = np.frombuffer(raw, dtype=np.uint8)
     if not len(buf):
         return None
@@ -131,8 +137,7 @@ def _fixed_format_fast(text: str) -> np.ndarray | None:
                             dtype=np.dtype([("v", "S8"), ("s", "S8")]))
         try:
             value = rec["v"].astype(np.float64)
-            blank = np.char.strip(rec["s"]) == b""
-            sigma = np.where(blank, b"nan", rec["s"]).astype(np.float64)
+            sigma = np.where(s_blank, b"nan", rec["s"]).astype(np.float64)
         except ValueError:
             return None
     out = np.column_stack([hkl.astype(np.float64), value, sigma])
@@ -320,13 +325,17 @@ def _observations_array(hkl, value, sigma, kind: str, origin: str) -> Observatio
                         kind=kind, origin=origin)
 
 
-def observations_from_block(block, source: str = "") -> Observations | None:
-    """Measured reflections embedded in a CIF block, or None if there are none."""
-    hkl_text = block.find_value("_shelx_hkl_file")
-    if hkl_text:
-        text = gemmi.cif.as_string(hkl_text)
-        if text.strip():
-            return parse_shelx_hkl(text, hklf_code(block), "_shelx_hkl_file")
+def observations_from_block(block, source: str = "", hkl_text: str | bytes | None = None
+                            ) -> Observations | None:
+    """Measured reflections embedded in a CIF block, or None if there are none.
+
+    ``hkl_text``: the block's ``_shelx_hkl_file`` text when the caller took it out of the
+    file before parsing it (see :func:`phasenet.cif_reader.read_cif`)."""
+    if hkl_text is None:
+        value = block.find_value("_shelx_hkl_file")
+        hkl_text = gemmi.cif.as_string(value) if value else None
+    if hkl_text and hkl_text.strip():
+        return parse_shelx_hkl(hkl_text, hklf_code(block), "_shelx_hkl_file")
     return _refln_loop(block, "_refln loop")
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
@@ -21,7 +20,8 @@ from phasenet.normalisation import NormalisationResult, normalise  # noqa: E402
 from phasenet.reflections import reciprocal_metric  # noqa: E402
 from phasenet.structure import Structure  # noqa: E402
 from phasenet.structure_factors import (  # noqa: E402
-    SymmetryOps, expand_to_unit_cell, form_factors, structure_factors)
+    SymmetryOps, _canonical, _hkl_from_token, _hkl_token, expand_to_unit_cell, form_factors,
+    structure_factors)
 
 #: Sign label values.
 SIGN_PLUS, SIGN_MINUS, NO_SIGN = 1, 0, -1
@@ -60,14 +60,23 @@ def hill_formula(elements, occupancy) -> str:
 def systematic_absences(triplets, hkl: np.ndarray) -> np.ndarray:
     """(R,) bool, read-only: reflections the operators make systematically absent
     (gemmi's rule; cached per operator set and reflection list)."""
-    hkl = np.ascontiguousarray(hkl, dtype=np.int32)
-    return _absences_cached(tuple(triplets), hkl.tobytes(), len(hkl))
+    triplets = tuple(triplets)
+    key = (_canonical(triplets),) + _hkl_token(hkl)
+    out = _ABSENCES.get(key)
+    if out is None:
+        # gemmi's group from the operators in their given order (it expects the zero
+        # centring vector first); the result depends only on the set
+        out = _absences(triplets, *key[1:])
+        if len(_ABSENCES) < 1024:
+            _ABSENCES[key] = out
+    return out
 
 
-@lru_cache(maxsize=1024)
-def _absences_cached(triplets: tuple[str, ...], hkl_bytes: bytes, n: int) -> np.ndarray:
-    # the operators in their given order: gemmi expects the zero centring vector first
-    hkl = np.frombuffer(hkl_bytes, dtype=np.int32).reshape(n, 3)
+_ABSENCES: dict[tuple, np.ndarray] = {}
+
+
+def _absences(triplets: tuple[str, ...], token: tuple, n: int) -> np.ndarray:
+    hkl = np.ascontiguousarray(_hkl_from_token(token, n), dtype=np.int32)
     group = SymmetryOps.from_triplets(triplets).group_ops()
     out = np.asarray(group.systematic_absences(np.ascontiguousarray(hkl)), dtype=bool)
     out.setflags(write=False)
@@ -91,12 +100,13 @@ def compute_record(structure: Structure, hkl: np.ndarray, normalisation: str = "
     if bad:
         raise ValueError("overflow: displacement parameters far from positive definite"
                          + (f" ({'; '.join(structure.notes)})" if structure.notes else ""))
-    phase = np.angle(f)
-    if origin:
-        phase = np.where(f.real < 0, np.pi, 0.0)
-        sign = np.where(f.real < 0, SIGN_MINUS, SIGN_PLUS).astype(np.int8)
+    if origin:  # F is real
+        negative = f.real < 0
+        phase = np.where(negative, np.pi, 0.0)
+        sign = np.where(negative, SIGN_MINUS, SIGN_PLUS).astype(np.int8)
         sign[absent] = NO_SIGN
     else:
+        phase = np.angle(f)
         sign = np.full(len(hkl), NO_SIGN, dtype=np.int8)
 
     merged = None

@@ -70,11 +70,11 @@ class SymmetryOps:
     @property
     def has_origin_inversion(self) -> bool:
         """True if x -> -x (with a lattice translation only) is an operator."""
-        return _symmetry_info(self.triplets).origin_inversion
+        return _symmetry_info(_canonical(self.triplets)).origin_inversion
 
     @property
     def is_centrosymmetric(self) -> bool:
-        return _symmetry_info(self.triplets).inversion is not None
+        return _symmetry_info(_canonical(self.triplets)).inversion is not None
 
     def group_ops(self):
         return _group_ops_cached(self.triplets)
@@ -88,6 +88,13 @@ def _ops_cached(triplets: tuple[str, ...]) -> SymmetryOps:
         rots.append(np.array(op.rot) // DEN)
         trans.append(np.array(op.tran, dtype=float) / DEN)
     return SymmetryOps(np.array(rots, dtype=np.int64), np.array(trans) % 1.0, triplets)
+
+
+@lru_cache(maxsize=4096)
+def _canonical(triplets: tuple[str, ...]) -> tuple[str, ...]:
+    """The operator set as a sorted tuple: one cache entry per group and setting,
+    whatever order a file lists the operators in (internal caches use it)."""
+    return tuple(sorted(set(triplets)))
 
 
 @lru_cache(maxsize=512)
@@ -123,8 +130,10 @@ def _symmetry_info(triplets: tuple[str, ...]) -> _SymmetryInfo:
         origin = not any(t_inv)
         inversion = np.array(t_inv, dtype=np.int64)
     order = np.argsort(~proper, kind="stable")
-    flat = ops.rotations.reshape(len(ops.rotations), 9)
-    _, pick = np.unique(flat, axis=0, return_index=True)
+    first: dict[bytes, int] = {}  # one operator per distinct rotation
+    for i, r in enumerate(ops.rotations):
+        first.setdefault(r.tobytes(), i)
+    pick = np.array(sorted(first.values()))
     coef = (ops.rotations[pick] @ _PACK).astype(np.float64)
     ident = np.all(ops.rotations == np.eye(3, dtype=np.int64), axis=(1, 2))
     centring = trans_den[ident]
@@ -179,7 +188,7 @@ def expand_to_unit_cell(structure: Structure) -> UnitCellContents:
     in ``SymmetryOps`` order with proper rotations first). The cell then has the
     space group's symmetry exactly. Cell atoms are ordered by asymmetric-unit atom.
     """
-    ops = SymmetryOps.from_triplets(structure.symops)
+    ops = _ops_cached(_canonical(tuple(structure.symops)))
     info = _symmetry_info(ops.triplets)
     atoms = structure.atoms
     cell = gemmi.UnitCell(*structure.cell)
@@ -194,6 +203,7 @@ def expand_to_unit_cell(structure: Structure) -> UnitCellContents:
     x %= 1.0  # (n, m, 3)
     keep = np.ones((n, m), dtype=bool)
     beta_asu = _beta_matrices(structure, gstar)  # (n, 3, 3)
+    metric_ok = m == 1 or _metric_invariant(ops.triplets, tuple(structure.cell))
     exact = True
     if m > 1:
         # An atom has coinciding copies iff some image lies on the atom itself (images
@@ -205,14 +215,18 @@ def expand_to_unit_cell(structure: Structure) -> UnitCellContents:
         special = np.flatnonzero(near.sum(axis=1) > 1)
         # a cell that contradicts its operators (see _metric_invariant) has no exact
         # site symmetry to impose: its atoms stay as given (first copy kept)
-        exact = _metric_invariant(ops.triplets, tuple(structure.cell))
+        exact = metric_ok
         if len(special):
             exact = _special_positions(x, keep, beta_asu, atoms.frac, d, near, special,
                                        rot, trans, orth, symmetrise=exact)
     asu, img = np.nonzero(keep)
 
-    r = rot[img]
-    beta = r @ beta_asu[asu] @ r.transpose(0, 2, 1)  # R β Rᵀ
+    beta = beta_asu[asu]
+    # R β Rᵀ; for an isotropic β = 2π² U G* that is β itself (the operators keep G*)
+    turn = np.isfinite(atoms.u_aniso).all(axis=1)[asu] | (not metric_ok)
+    if turn.any():
+        r = rot[img[turn]]
+        beta[turn] = r @ beta[turn] @ r.transpose(0, 2, 1)
     b6 = np.stack([beta[:, 0, 0], beta[:, 1, 1], beta[:, 2, 2],
                    2 * beta[:, 0, 1], 2 * beta[:, 0, 2], 2 * beta[:, 1, 2]], axis=-1)
 
@@ -340,10 +354,10 @@ def structure_factors(structure: Structure, hkl: np.ndarray,
         contents = expand_to_unit_cell(structure)
     hkl = np.asarray(hkl)
     if (method == "direct" or not contents.exact_symmetry or len(hkl) == 0
-            or not _metric_invariant(tuple(structure.symops), tuple(structure.cell))):
+            or not _metric_invariant(_canonical(tuple(structure.symops)), tuple(structure.cell))):
         # with an inversion centre at the origin the sines cancel in ±x pairs
         real = real or (method == "auto" and contents.asu_index is not None
-                        and _symmetry_info(tuple(structure.symops)).origin_inversion)
+                        and _symmetry_info(_canonical(tuple(structure.symops))).origin_inversion)
         f = _direct(structure, hkl, contents, dtype, real)
     else:
         f = _symmetric(structure, hkl, contents, dtype)
@@ -422,7 +436,7 @@ class _LauePlan:
 
 def _laue_plan(triplets: tuple[str, ...], hkl: np.ndarray) -> _LauePlan:
     # the plan depends on the set of operators, not on their order
-    return _laue_plan_cached(tuple(sorted(set(triplets))), *_hkl_token(hkl))
+    return _laue_plan_cached(_canonical(tuple(triplets)), *_hkl_token(hkl))
 
 
 #: read-only reflection arrays (canonical_hkl) seen so far, by id: kept alive so that
@@ -431,10 +445,12 @@ _HKL_BY_ID: dict[int, np.ndarray] = {}
 
 
 def _hkl_token(hkl: np.ndarray) -> tuple:
-    """A cache key for a reflection list: cheap for read-only arrays, else its bytes."""
-    if isinstance(hkl, np.ndarray) and not hkl.flags.writeable and hkl.base is None:
-        if _HKL_BY_ID.get(id(hkl)) is not hkl and len(_HKL_BY_ID) < 64:
-            _HKL_BY_ID[id(hkl)] = hkl
+    """(key, n) identifying a reflection list for caches: the id of a read-only array
+    that owns its data (canonical_hkl's), else the indices' bytes."""
+    if (isinstance(hkl, np.ndarray) and hkl.base is None and not hkl.flags.writeable
+            and hkl.ndim == 2):
+        if id(hkl) not in _HKL_BY_ID and len(_HKL_BY_ID) < 64:
+            _HKL_BY_ID[id(hkl)] = hkl  # kept alive: the id stays this array's
         if _HKL_BY_ID.get(id(hkl)) is hkl:
             return ("id", id(hkl)), len(hkl)
     arr = np.ascontiguousarray(hkl, dtype=np.int64)
@@ -490,7 +506,7 @@ def _laue_plan_cached(op_set: tuple[str, ...], token: tuple, n: int) -> _LauePla
 
 
 def _symmetric(structure, hkl, contents, dtype) -> np.ndarray:
-    ops = SymmetryOps.from_triplets(structure.symops)
+    ops = _ops_cached(_canonical(tuple(structure.symops)))
     info = _symmetry_info(ops.triplets)
     plan = _laue_plan(ops.triplets, hkl)
     x, weight = contents.frac, contents.weight

@@ -380,3 +380,75 @@ def test_read_observations_off(real_cif):
     assert s.observations is None
     s = structures(read_cif(real_cif("StructureFinder_P-1.cif")))[0]
     assert s.observations is not None and "fcf" in s.observations.origin
+
+
+# ------------------------------------ embedded reflection files cut out before parsing
+
+
+def _structures_both_ways(path, monkeypatch):
+    """read_cif as it is, and with gemmi parsing the whole file (the reference)."""
+    import gemmi
+
+    from phasenet import cif_reader
+
+    fast = cif_reader.read_cif(path)
+    with monkeypatch.context() as m:
+        m.setattr(cif_reader, "_read_document", lambda source: (gemmi.cif.read(source), {}))
+        slow = cif_reader.read_cif(path)
+    return fast, slow
+
+
+def _assert_same_reading(fast, slow):
+    assert len(fast) == len(slow)
+    for x, y in zip(fast, slow):
+        assert type(x) is type(y)
+        if not isinstance(x, Structure):
+            assert x == y
+            continue
+        assert (x.block, x.cell, x.symops, x.notes) == (y.block, y.cell, y.symops, y.notes)
+        assert np.array_equal(x.atoms.frac, y.atoms.frac)
+        assert (x.observations is None) == (y.observations is None)
+        if x.observations is not None:
+            assert np.array_equal(x.observations.hkl, y.observations.hkl)
+            assert np.array_equal(x.observations.value, y.observations.value)
+            assert np.array_equal(x.observations.sigma, y.observations.sigma, equal_nan=True)
+            assert (x.observations.kind, x.observations.origin) == (y.observations.kind, y.observations.origin)
+
+
+@pytest.mark.real_data
+def test_embedded_hkl_cut_out_reads_the_same(real_cif_dir, monkeypatch):
+    """Every real CIF with an embedded _shelx_hkl_file: cutting the reflection text out
+    before gemmi parses the file (3x faster) gives exactly what parsing it whole gives."""
+    from phasenet.cif_reader import _read_document
+
+    paths = [p for p in sorted(real_cif_dir.glob("*.cif")) if b"_shelx_hkl_file" in p.read_bytes()]
+    assert len(paths) >= 15
+    for p in paths:
+        assert _read_document(str(p))[1], f"{p.name}: nothing cut out"
+        _assert_same_reading(*_structures_both_ways(p, monkeypatch))
+
+
+def test_embedded_hkl_cut_out_edge_cases(tmp_path, monkeypatch):
+    """Two blocks with reflections (CRLF line ends in one), an empty field, other items
+    after the field, and an upper-case tag (left to gemmi): all read as gemmi reads them."""
+    from phasenet.cif_reader import _read_document
+
+    atoms = ("_cell_length_a 5\n_cell_length_b 6\n_cell_length_c 7\n_cell_angle_alpha 90\n"
+             "_cell_angle_beta 90\n_cell_angle_gamma 90\n_symmetry_space_group_name_H-M 'P 1'\n"
+             "loop_\n_atom_site_label\n_atom_site_type_symbol\n_atom_site_fract_x\n"
+             "_atom_site_fract_y\n_atom_site_fract_z\n_atom_site_U_iso_or_equiv\nC1 C 0.1 0.2 0.3 0.02\n")
+    hkl = "   1   0   0   10.00    0.50\n   0   1   0    5.00    0.20\n   0   0   0    0.00    0.00\n"
+    text = ("data_a\n" + atoms + "_shelx_hkl_file\n;\n" + hkl + ";\n_shelx_fab_file ?\n"
+            + "data_b\r\n" + atoms.replace("\n", "\r\n") + "_shelx_hkl_file  \r\n;\r\n"
+            + hkl.replace("\n", "\r\n") + ";\r\n"
+            + "data_c\n" + atoms + "_shelx_hkl_file\n;\n;\n")
+    p = tmp_path / "two.cif"
+    p.write_bytes(text.encode())
+    assert set(_read_document(str(p))[1]) == {0, 1, 2}
+    fast, slow = _structures_both_ways(p, monkeypatch)
+    _assert_same_reading(fast, slow)
+    assert [x.observations is not None for x in fast] == [True, True, False]
+    upper = tmp_path / "upper.cif"
+    upper.write_bytes(text.replace("_shelx_hkl_file", "_SHELX_HKL_FILE").encode())
+    assert _read_document(str(upper))[1] == {}
+    _assert_same_reading(*_structures_both_ways(upper, monkeypatch))
