@@ -24,6 +24,11 @@ test: venv
 
 bench: venv
 	$(PY) benchmarks/bench_build.py
+	$(PY) benchmarks/bench_memory.py
+	$(PY) benchmarks/bench_synth.py
+	$(PY) benchmarks/synth_realism.py
+	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_baselines.py
 
 clean:
 	rm -rf $(VENV) demo-output

@@ -97,9 +97,36 @@ def charge_flip(hkl, amplitude, cell, symops, options: ChargeFlippingOptions | N
     f_obs = miller.array(ms, data=flex.double(amplitude[keep])).as_amplitude_array()
     f_obs.set_observation_type_xray_amplitude()
 
-    extra = {}
-    if options.amplitude_type == "quasi-E":
-        extra["normalisations_for"] = cf.amplitude_quasi_normalisations
+    t0 = time.perf_counter()
+    fallback = ""
+    try:
+        solving, n, timed_out = _solve(cf, f_obs, options, options.amplitude_type == "quasi-E", t0)
+    except AssertionError:
+        if options.amplitude_type != "quasi-E":
+            raise
+        # cctbx's quasi-normalisation asserts when a shell's interpolated <F²> is not
+        # positive (e.g. near-zero amplitudes at high resolution): run on plain F instead
+        fallback = " (on F: quasi-normalisation failed)"
+        flex.set_random_seed(int(seed) % (2**31))
+        solving, n, timed_out = _solve(cf, f_obs, options, False, t0)
+    seconds = time.perf_counter() - t0
+    solutions = list(getattr(solving, "f_calc_solutions", []) or [])
+    had_transition = bool(solving.had_phase_transition)
+    if solutions:
+        k = _most_skewed(solutions, hkl, amplitude, cell) if options.choose_origin == "skewness" else 0
+        f_sol, _shift, cc = solutions[k]
+        phases = phases_on(f_sol, hkl)
+        msg = ("solved" if had_transition else "symmetrised solution") + fallback
+        return ChargeFlippingResult(phases, had_transition, True, float(cc), n, seconds, timed_out, msg)
+    f_p1 = solving.flipping_iterator.f_calc
+    phases = phases_on(f_p1, hkl)
+    msg = ("time limit reached" if timed_out else
+           "no phase transition" if not had_transition else "no symmetry-consistent origin") + fallback
+    return ChargeFlippingResult(phases, had_transition, False, float("nan"), n, seconds, timed_out, msg)
+
+
+def _solve(cf, f_obs, options: ChargeFlippingOptions, quasi_e: bool, t0: float):
+    extra = {"normalisations_for": cf.amplitude_quasi_normalisations} if quasi_e else {}
     solving = cf.solving_iterator(
         cf.weak_reflection_improved_iterator(delta=None), f_obs,
         max_attempts_to_get_phase_transition=int(options.max_attempts),
@@ -108,7 +135,6 @@ def charge_flip(hkl, amplitude, cell, symops, options: ChargeFlippingOptions | N
         delta_guessing_method=options.delta_guessing,
         polishing_iterations=int(options.polishing_iterations),
         yield_solving_interval=1, **extra)
-    t0 = time.perf_counter()
     timed_out = False
     n = 0
     for _ in solving:
@@ -118,20 +144,7 @@ def charge_flip(hkl, amplitude, cell, symops, options: ChargeFlippingOptions | N
         if options.time_limit is not None and time.perf_counter() - t0 > options.time_limit:
             timed_out = True
             break
-    seconds = time.perf_counter() - t0
-    solutions = list(getattr(solving, "f_calc_solutions", []) or [])
-    had_transition = bool(solving.had_phase_transition)
-    if solutions:
-        k = _most_skewed(solutions, hkl, amplitude, cell) if options.choose_origin == "skewness" else 0
-        f_sol, _shift, cc = solutions[k]
-        phases = phases_on(f_sol, hkl)
-        msg = "solved" if had_transition else "symmetrised solution"
-        return ChargeFlippingResult(phases, had_transition, True, float(cc), n, seconds, timed_out, msg)
-    f_p1 = solving.flipping_iterator.f_calc
-    phases = phases_on(f_p1, hkl)
-    msg = ("time limit reached" if timed_out else
-           "no phase transition" if not had_transition else "no symmetry-consistent origin")
-    return ChargeFlippingResult(phases, had_transition, False, float("nan"), n, seconds, timed_out, msg)
+    return solving, n, timed_out
 
 
 def map_skewness(hkl, amplitude, phases, cell) -> float:

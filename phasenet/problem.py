@@ -104,6 +104,10 @@ def problem_from_structure(structure: Structure, d_min: float) -> PhasingProblem
     f = structure_factors(structure, hkl, real=ops.has_origin_inversion, dtype=np.float64)
     absent = np.asarray(ops.group_ops().systematic_absences(np.ascontiguousarray(hkl, dtype=np.int32)), bool)
     f[absent] = 0
+    with np.errstate(over="ignore", invalid="ignore"):
+        if not np.isfinite(f).all() or np.abs(f).max() > np.finfo(np.float32).max ** 0.5:
+            raise ValueError(f"{structure.id}: structure factors overflow (displacement parameters far "
+                             f"from positive definite{': ' + '; '.join(structure.notes) if structure.notes else ''})")
     phase = np.where(f.real < 0, np.pi, 0.0) if ops.has_origin_inversion else np.angle(f)
     return PhasingProblem(id=structure.id, hkl=hkl, amplitude=np.abs(f), phase_true=phase,
                           cell=tuple(structure.cell), symops=tuple(structure.symops),

@@ -64,7 +64,8 @@ def test_cli_end_to_end(small_h5, tmp_path, capsys):
 
 @pytest.mark.real_data
 def test_timeout_and_failure_are_rows(small_h5, tmp_path):
-    opts = EvaluateOptions(methods=("charge-flipping", "true"), d_min=(1.0,), timeout=0.05, workers=2,
+    # at 2 Å charge flipping never reaches a phase transition: it runs all its cycles (~1 s)
+    opts = EvaluateOptions(methods=("charge-flipping",), d_min=(2.0,), timeout=0.1, workers=2,
                            atom_recovery=False)
     res = evaluate_dataset(small_h5, tmp_path / "r", opts, progress=False)
     cf = res.rows[res.rows.method == "charge-flipping"]
