@@ -217,16 +217,18 @@ def test_requeued_shard_resumes_from_its_parts(slurm_cluster, real_cif_dir, tmp_
     """USR1 (what Slurm sends before the time limit) mid-build: the job stops, requeues
     itself, starts again, reuses its finished parts and ends equal to a local build."""
     monkeypatch.chdir(tmp_path)
-    lst = _inputs(real_cif_dir, tmp_path, 120, start=100)
+    # Every real CIF, one file per part: several seconds of parts at ~4 ms a structure, so
+    # the signal arrives mid-build even on a fast machine.
+    lst = _inputs(real_cif_dir, tmp_path, 10**6)
     out = tmp_path / "r.h5"
-    _submit_build([str(lst), "-o", str(out), "--shards", "1", "--chunk-size", "2", "--workers", "1"], capsys)
+    _submit_build([str(lst), "-o", str(out), "--shards", "1", "--chunk-size", "1", "--workers", "1"], capsys)
     state_path = tmp_path / "r.h5.slurm.json"
     array_id = json.loads(state_path.read_text())["jobs"][0]["job_id"]
     parts = tmp_path / "r.h5.shards" / (shard_file_name(0) + ".parts")
     wait_for(lambda: parts.is_dir() and len(list(parts.glob("part-*.h5"))) >= 3, 90, "the first parts", 0.2)
     assert not (tmp_path / "r.h5.shards" / shard_file_name(0)).exists(), "finished before the signal"
     subprocess.run(["scancel", "--signal=USR1", "--batch", f"{array_id}_0"], check=True)
-    local = _local(lst, tmp_path, chunk_size=2)
+    local = _local(lst, tmp_path, chunk_size=1)
     wait_for(lambda: out.is_file() and status(state_path, capsys)[1]["done"], 150, "the requeued build")
     rc, st = status(state_path, capsys)
     task = st["jobs"][0]["tasks"][0]
