@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -276,3 +277,52 @@ def test_training_job_on_one_gpu(slurm_cluster, tmp_path, capsys, monkeypatch):
     assert "GPUs allocated: 1" in text  # Slurm gave the job one (fake) GPU
     assert "command finished with exit status 0" in text
     assert run.is_dir() and any(run.iterdir())
+
+
+def test_requeued_training_resumes_from_its_checkpoint(slurm_cluster, tmp_path, capsys, monkeypatch):
+    """USR1 mid-training: the job requeues itself, restarts with --resume from the last
+    checkpoint and ends with every epoch's row, equal to an uninterrupted run."""
+    from test_shards import write_random_cifs
+
+    config = REPO_ROOT / "training" / "demo.toml"
+    monkeypatch.chdir(tmp_path)
+    write_random_cifs(tmp_path / "cif", 40, seed=5)
+    data = tmp_path / "d.h5"
+    build_dataset([tmp_path / "cif"], data, BuildOptions(workers=1, normalisation="max", test_fraction=0.25),
+                  progress=False)
+    epochs = 150
+    common = ["--data", str(data), "--epochs", str(epochs), "--backend", "jax",
+              "--set", "run.batch_size=4", "--quiet"]
+    run = tmp_path / "run"
+    rc = main(["slurm", "train", str(config), "--out", str(run), *common, "--cpus", "1",
+               "--time", "00:10:00"])
+    assert rc == 0, capsys.readouterr().err
+    state_path = tmp_path / "run.slurm.json"
+    job_id = json.loads(state_path.read_text())["jobs"][0]["job_id"]
+    def checkpoints():  # older checkpoints are pruned: any epoch >= 2 will do
+        return [p for p in (run / "checkpoints").glob("epoch-????") if p.name >= "epoch-0002"]
+
+    wait_for(checkpoints, 180, "the second checkpoint", 0.2)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", str(job_id)], check=True)
+
+    def finished():
+        rc, st = status(state_path, capsys)
+        return st if st["done"] or st["failed"] else None
+
+    st = wait_for(finished, 300, "the requeued training job")
+    task = st["jobs"][0]["tasks"][0]
+    log = Path(task["log"]).read_text()
+    assert not st["failed"], log[-3000:]
+    assert task["restarts"] >= 1 and "USR1" in log and "requeued job" in log, log[-3000:]
+    assert "resumed from epoch-" in log, log[-3000:]
+    # The same run without interruption, outside Slurm, on the same backend.
+    ref = tmp_path / "ref"
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2")
+    subprocess.run([sys.executable, "-m", "phasenet.cli", "train", str(config), "--out", str(ref), *common],
+                   check=True, env=env, capture_output=True)
+    import pandas as pd
+
+    a = pd.read_csv(ref / "history.csv").drop(columns="seconds")
+    b = pd.read_csv(run / "history.csv").drop(columns="seconds")
+    assert list(b["epoch"]) == list(range(1, epochs + 1))
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=0, atol=1e-5)
