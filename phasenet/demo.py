@@ -26,6 +26,9 @@ DEMO_TRAIN_CONFIG = Path(__file__).resolve().parent.parent / "training" / "demo.
 #: Test structures the demo evaluates, and at which resolutions.
 DEMO_EVAL_LIMIT = 12
 DEMO_D_MIN = (1.0, 2.0)
+#: Fraction of heavy atoms (S, Cl, Br, I, P, Cu) in the demo's molecules, so that the
+#: Patterson heavy-atom baseline has something to find in some structures.
+DEMO_HEAVY_FRACTION = 0.06
 
 
 def write_random_cifs(folder: str | Path, n: int, seed: int = 0) -> list[Path]:
@@ -63,7 +66,8 @@ def step_synth(out: Path, n: int, seed: int):
 
     print(f"[demo] synthesising {n} structures (seed {seed}) into {out / 'synth.h5'}, "
           f"CIF files into {out / 'cif'}", flush=True)
-    summary = synth_dataset(n, out / "synth.h5", SynthOptions(seed=seed, chunk_size=16),
+    summary = synth_dataset(n, out / "synth.h5", SynthOptions(seed=seed, chunk_size=16,
+                                                                     heavy_fraction=DEMO_HEAVY_FRACTION),
                             cif_dir=out / "cif", overwrite=True, progress=True)
     print(summary.format(), flush=True)
     return summary
