@@ -37,3 +37,18 @@ def test_reimport_after_cctbx_is_fine():
     r = _run("import cctbx.xray\nimport gemmi\nimport phasenet\nprint(phasenet.__version__)\n")
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == phasenet.__version__
+
+
+def test_import_phasenet_is_light_and_lazy_exports_resolve():
+    """``import phasenet`` loads neither numba nor Keras/TensorFlow/JAX; the lazily
+    exported names resolve to the functions of their modules."""
+    r = _run("import sys, phasenet\n"
+             "heavy = [m for m in ('numba', 'keras', 'tensorflow', 'jax') if m in sys.modules]\n"
+             "assert not heavy, heavy\n"
+             "from phasenet import synth_dataset, evaluate_dataset, merge_shards, load_predictor\n"
+             "import phasenet.synth, phasenet.evaluate\n"
+             "assert synth_dataset is phasenet.synth.synth_dataset\n"
+             "assert evaluate_dataset is phasenet.evaluate.evaluate_dataset\n"
+             "assert 'keras' not in sys.modules\n"
+             "try:\n    phasenet.no_such_name\nexcept AttributeError:\n    print('ok')\n")
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
