@@ -19,6 +19,7 @@ from phasenet.build import BuildError
 from phasenet.cif_reader import read_cif
 from phasenet.dataset import STRUCTURE_COLUMNS
 from phasenet.structure import Structure
+from h5compare import assert_same_arrays, read_h5
 
 pytestmark = pytest.mark.real_data
 
@@ -73,32 +74,10 @@ def built(inputs, tmp_path_factory):
     return out, summary
 
 
-def _all_datasets(path):
-    """{name: array} of every dataset, plus {name: attrs} (attrs of the root and all objects)."""
-    data, attrs = {}, {}
-
-    def visit(name, obj):
-        attrs[name] = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in obj.attrs.items()}
-        if isinstance(obj, h5py.Dataset):
-            data[name] = obj[...]
-
-    with h5py.File(path, "r") as h5:
-        attrs["/"] = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in h5.attrs.items()}
-        h5.visititems(visit)
-    return data, attrs
-
-
 def _assert_same_file(a, b):
-    da, aa = _all_datasets(a)
-    db, ab = _all_datasets(b)
-    assert sorted(da) == sorted(db)
-    for name in da:
-        x, y = da[name], db[name]
-        assert x.dtype == y.dtype and x.shape == y.shape, name
-        if x.dtype.kind == "f":
-            assert np.array_equal(x, y, equal_nan=True), name
-        else:
-            assert np.array_equal(x, y), name
+    da, aa = read_h5(a)
+    db, ab = read_h5(b)
+    assert_same_arrays(da, db)
     assert aa == ab
 
 

@@ -7,7 +7,6 @@ import shlex
 import shutil
 
 import h5py
-import numpy as np
 import pytest
 
 from phasenet import BuildOptions, build_dataset
@@ -15,34 +14,16 @@ from phasenet.build import BuildError
 from phasenet.cli import main
 from phasenet.demo import write_random_cifs
 from phasenet.shards import ShardError, check_shards, merge_shards, shard_file_name
+from h5compare import assert_same_arrays, read_h5
 
 N_SHARDS = 3
 
 
-def dataset_contents(path):
-    """{name: array} of every dataset and {name: attrs} of every object, root included."""
-    data, attrs = {}, {"/": dict(h5py.File(path, "r").attrs)}
-    with h5py.File(path, "r") as h5:
-        def visit(name, obj):
-            attrs[name] = dict(obj.attrs)
-            if isinstance(obj, h5py.Dataset):
-                data[name] = obj[...]
-        h5.visititems(visit)
-    return data, attrs
-
-
 def assert_same_dataset(merged, single):
     """Every array, column and attribute equal (the merge adds only shard provenance)."""
-    a, a_attrs = dataset_contents(merged)
-    b, b_attrs = dataset_contents(single)
-    assert sorted(a) == sorted(b)
-    for name in b:
-        x, y = a[name], b[name]
-        assert x.dtype == y.dtype and x.shape == y.shape, name
-        if x.dtype.kind == "f":
-            assert np.array_equal(x, y, equal_nan=True), name
-        else:
-            assert np.array_equal(x, y), name
+    a, a_attrs = read_h5(merged)
+    b, b_attrs = read_h5(single)
+    assert_same_arrays(a, b)
     root_a, root_b = a_attrs.pop("/"), b_attrs.pop("/")
     assert a_attrs.keys() == b_attrs.keys()
     for name in b_attrs:

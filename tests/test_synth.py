@@ -6,7 +6,6 @@ import phasenet  # noqa: F401  (first: cctbx import order)
 import json
 
 import gemmi
-import h5py
 import numpy as np
 import pytest
 
@@ -17,6 +16,7 @@ from phasenet.reflections import canonical_hkl
 from phasenet.synth import DENSE, PACKINGS, SynthOptions, generate_structure, synth_dataset
 from phasenet.synth_molecules import COVALENT_RADIUS, grow_molecule
 from phasenet.synth_packing import PackingOptions, contact_limits
+from h5compare import assert_same_arrays, read_h5
 
 #: Small molecules keep the tests fast; dense crystals (grow-and-squeeze rounds) so
 #: that compression goes through every test (determinism, geometry, round trip).
@@ -24,25 +24,8 @@ FAST = dict(atoms=(6, 16), chunk_size=4, **DENSE)
 
 
 def _read_all(path):
-    data = {}
-    with h5py.File(path, "r") as h5:
-        attrs = {k: h5.attrs[k] for k in h5.attrs}
-
-        def visit(name, obj):
-            if isinstance(obj, h5py.Dataset):
-                data[name] = obj[...]
-        h5.visititems(visit)
-    return data, attrs
-
-
-def _assert_equal_data(a, b, skip=()):
-    assert sorted(a) == sorted(b)
-    for name in a:
-        if name in skip:
-            continue
-        x, y = a[name], b[name]
-        assert x.dtype == y.dtype and x.shape == y.shape, name
-        assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), name
+    data, attrs = read_h5(path)
+    return data, attrs["/"]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +54,7 @@ def test_same_with_two_workers_and_other_seed_differs(synth_run, tmp_path):
     synth_dataset(10, tmp_path / "two.h5", two, progress=False)
     a, aa = _read_all(d / "one.h5")
     b, ab = _read_all(tmp_path / "two.h5")
-    _assert_equal_data(a, b)
+    assert_same_arrays(a, b)
     assert aa["build_options"] == ab["build_options"]
     other = SynthOptions(seed=4, workers=1, **FAST)
     synth_dataset(3, tmp_path / "other.h5", other, progress=False)
@@ -89,7 +72,7 @@ def test_cif_round_trip_equals_build(synth_run, tmp_path):
     assert summary.ok and summary.n_structures == 10
     a, aa = _read_all(d / "one.h5")
     b, ab = _read_all(out)
-    _assert_equal_data(a, b, skip={"structures/source"})
+    assert_same_arrays(a, b, skip={"structures/source"})
     assert set(aa) == set(ab) | {"synth"}
     for k in ab:
         assert str(aa[k]) == str(ab[k]), k
@@ -288,7 +271,7 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
     assert s.resumed_parts == 1
     a, aa = _read_all(full)
     b, ab = _read_all(out)
-    _assert_equal_data(a, b)
+    assert_same_arrays(a, b)
     # other options refuse to touch the interrupted parts without --overwrite
     (tmp_path / "x.h5.parts").mkdir()
     (tmp_path / "x.h5.parts" / "synth.json").write_text('{"fingerprint": "other"}')
