@@ -318,6 +318,22 @@ def _small_rotation(ax, ay, az, angle):
 
 
 @njit(cache=True)
+def _cell_overlaps(m, cf, qb, starts, ends, radm, rot, trans, rad, is_h, tol, htol, cut, eps, ft):
+    """For the cell matrix ``m``: its inverse, the spacings of its lattice planes, and the
+    overlap of every rigid molecule with everything else."""
+    minv = np.linalg.inv(m)
+    spacing = np.empty(3)
+    for i in range(3):
+        spacing[i] = 1.0 / np.sqrt(minv[i, 0] ** 2 + minv[i, 1] ** 2 + minv[i, 2] ** 2)
+    M = starts.shape[0]
+    ov = np.empty(M)
+    for b in range(M):
+        ov[b] = _overlap(b, cf[b], qb[:, starts[b]:ends[b]], cf, qb, starts, ends, radm, m, minv,
+                         rot, trans, rad, is_h, tol, htol, cut, eps, spacing, ft)
+    return minv, spacing, ov
+
+
+@njit(cache=True)
 def compress(xyz, starts, ends, m0, rot, trans, rad, is_h, tol, htol, min_len, min_volume, axes,
              draws, step0, min_step, relax_trials, rot_sigma, shift_sigma, eps, descent, expand_step, patience):
     """Squeeze a grown crystal: shrink the cell (column scaling of ``m0``: edges along
@@ -367,14 +383,8 @@ def compress(xyz, starts, ends, m0, rot, trans, rad, is_h, tol, htol, min_len, m
     grow = 0
     while True:
         m = m0 * scale[None, :]
-        minv = np.linalg.inv(m)
-        spacing = np.empty(3)
-        for i in range(3):
-            spacing[i] = 1.0 / np.sqrt(minv[i, 0] ** 2 + minv[i, 1] ** 2 + minv[i, 2] ** 2)
-        ov = np.empty(M)
-        for b in range(M):
-            ov[b] = _overlap(b, cf[b], qb[:, starts[b]:ends[b]], cf, qb, starts, ends, radm, m, minv,
-                             rot, trans, rad, is_h, tol, htol, cut, eps, spacing, ft)
+        minv, spacing, ov = _cell_overlaps(m, cf, qb, starts, ends, radm, rot, trans, rad, is_h, tol,
+                                           htol, cut, eps, ft)
         if ov.sum() == 0.0:
             break
         for t in range(relax_trials):
@@ -423,14 +433,8 @@ def compress(xyz, starts, ends, m0, rot, trans, rad, is_h, tol, htol, min_len, m
             step *= 0.5
             continue
         m = m0 * trial[None, :]
-        minv = np.linalg.inv(m)
-        spacing = np.empty(3)
-        for i in range(3):
-            spacing[i] = 1.0 / np.sqrt(minv[i, 0] ** 2 + minv[i, 1] ** 2 + minv[i, 2] ** 2)
-        ov = np.empty(M)
-        for b in range(M):
-            ov[b] = _overlap(b, cf[b], qb[:, starts[b]:ends[b]], cf, qb, starts, ends, radm, m, minv,
-                             rot, trans, rad, is_h, tol, htol, cut, eps, spacing, ft)
+        minv, spacing, ov = _cell_overlaps(m, cf, qb, starts, ends, radm, rot, trans, rad, is_h, tol,
+                                           htol, cut, eps, ft)
         if ov.sum() > 0.0:
             cf_save, body_save, qb_save = cf.copy(), body.copy(), qb.copy()
             gain = np.full(M, 1.0)
