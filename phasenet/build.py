@@ -236,23 +236,9 @@ def build_dataset(inputs, output, options: BuildOptions | None = None, *,
             raise BuildError(f"shard {shard[0]}/{shard[1]} of {len(files)} inputs is empty; "
                              f"use at most {len(files)} shards")
         files = files[lo:hi]
-    parts_dir = output.with_name(output.name + ".parts")
-    fingerprint = _fingerprint(files, options)
-    if output.exists():
-        if not overwrite:
-            raise BuildError(f"{output} exists; use overwrite (--overwrite) to replace it")
-        output.unlink()
-    state = parts_dir / "build.json"
-    if parts_dir.exists():
-        old = json.loads(state.read_text()).get("fingerprint") if state.exists() else None
-        if old != fingerprint:
-            if not overwrite:
-                raise BuildError(
-                    f"{parts_dir} holds an interrupted build with other inputs or options; "
-                    "run with the same arguments to resume it, or use overwrite (--overwrite)")
-            shutil.rmtree(parts_dir)
-    parts_dir.mkdir(parents=True, exist_ok=True)
-    state.write_text(json.dumps({"fingerprint": fingerprint, "n_files": len(files)}))
+    parts_dir = dataset.prepare_parts(
+        output, {"fingerprint": _fingerprint(files, options), "n_files": len(files)},
+        state_name="build.json", overwrite=overwrite, error=BuildError, what="build")
 
     # Slices depend only on the inputs and options (never on the worker count), so a
     # resumed build cuts the same parts. Small builds get >= 16 slices for balance.

@@ -123,6 +123,36 @@ def _columns_from_records(records) -> dict[str, np.ndarray]:
     return out
 
 
+def prepare_parts(output: Path, state: dict, *, state_name: str, overwrite: bool, error=ValueError,
+                  what: str = "run") -> Path:
+    """The parts folder ``OUTPUT.parts`` of a resumable run, ready to (re)use.
+
+    ``state["fingerprint"]`` hashes the run's inputs and options: a folder left by an
+    interrupted run with the same fingerprint is kept (its finished parts are reused);
+    one with another fingerprint is refused, or cleared with ``overwrite``. An existing
+    ``output`` is refused, or removed with ``overwrite``. ``state`` is written to
+    ``parts/state_name``. Errors are raised as ``error`` (the caller's exception type).
+    """
+    import shutil
+
+    parts_dir = output.with_name(output.name + ".parts")
+    if output.exists():
+        if not overwrite:
+            raise error(f"{output} exists; use overwrite (--overwrite) to replace it")
+        output.unlink()
+    state_path = parts_dir / state_name
+    if parts_dir.exists():
+        old = json.loads(state_path.read_text()).get("fingerprint") if state_path.exists() else None
+        if old != state["fingerprint"]:
+            if not overwrite:
+                raise error(f"{parts_dir} holds an interrupted {what} with other inputs or options; "
+                            "run with the same arguments to resume it, or use overwrite (--overwrite)")
+            shutil.rmtree(parts_dir)
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    state_path.write_text(json.dumps(state))
+    return parts_dir
+
+
 def write_part(path: Path, hkl: np.ndarray, records, failures, n_inputs: int,
                compression: str | None = "lzf") -> None:
     """Write one part (the records of a slice of the inputs), atomically."""

@@ -384,24 +384,12 @@ def synth_dataset(n: int, output, options: SynthOptions | None = None, *, shard=
     if stop <= start:
         raise SynthError(f"shard {shard[0]}/{shard[1]} of {n} structures is empty")
     cif_path = Path(cif_dir) if cif_dir is not None else None
-    parts_dir = output.with_name(output.name + ".parts")
     fp = _fingerprint(options, n, shard, str(cif_path.resolve()) if cif_path else None)
-    if output.exists():
-        if not overwrite:
-            raise SynthError(f"{output} exists; use overwrite (--overwrite) to replace it")
-        output.unlink()
-    state = parts_dir / "synth.json"
-    if parts_dir.exists():
-        old = json.loads(state.read_text()).get("fingerprint") if state.exists() else None
-        if old != fp:
-            if not overwrite:
-                raise SynthError(f"{parts_dir} holds an interrupted run with other options; run with "
-                                 "the same arguments to resume it, or use overwrite (--overwrite)")
-            shutil.rmtree(parts_dir)
-    parts_dir.mkdir(parents=True, exist_ok=True)
+    parts_dir = dataset.prepare_parts(output, {"fingerprint": fp, "n": n, "shard": list(shard)},
+                                      state_name="synth.json", overwrite=overwrite, error=SynthError,
+                                      what="run")
     if cif_path is not None:
         cif_path.mkdir(parents=True, exist_ok=True)
-    state.write_text(json.dumps({"fingerprint": fp, "n": n, "shard": list(shard)}))
 
     # parts are aligned to global indices (never to the worker count or shard), so a
     # resumed run cuts the same parts
