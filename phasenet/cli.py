@@ -15,9 +15,28 @@ from phasenet import _cctbx_first  # noqa: F401
 EXIT_OK, EXIT_FAILURES, EXIT_ERROR = 0, 1, 2
 
 
+def _add_dataset_options(p, d, unit: str):
+    """Options every dataset writer shares (build, synth); ``d`` holds their defaults."""
+    from phasenet.normalisation import METHODS
+
+    p.add_argument("--max-index", type=int, default=d.max_index, help="|h|,|k|,|l| <= this (default %(default)s)")
+    p.add_argument("--r2-max", type=int, default=d.r2_max,
+                   help="keep h²+k²+l² < R2 (50 gives the study's 709 reflections; default: no cut)")
+    p.add_argument("--normalisation", "--normalization", choices=METHODS, default=d.normalisation,
+                   help="model input normalisation (default %(default)s)")
+    p.add_argument("--test-fraction", type=float, default=d.test_fraction,
+                   help="fraction of structures in the test split (default 1/7, the study's 1000/7000)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    p.add_argument("--chunk-size", type=int, default=d.chunk_size,
+                   help=f"{unit} per part, the unit of resumption (default %(default)s)")
+    p.add_argument("--compression", choices=["lzf", "gzip", "none"], default="lzf",
+                   help="HDF5 compression (default lzf)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def _add_build(sub):
     from phasenet.build import BuildOptions
-    from phasenet.normalisation import METHODS
 
     d = BuildOptions()
     p = sub.add_parser("build", help="build an HDF5 dataset from CIF files",
@@ -26,24 +45,11 @@ def _add_build(sub):
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="CIF files, folders (searched for *.cif) or list files (.txt/.lst/.list)")
     p.add_argument("-o", "--output", required=True, help="output HDF5 file")
-    p.add_argument("--max-index", type=int, default=d.max_index, help="|h|,|k|,|l| <= this (default %(default)s)")
-    p.add_argument("--r2-max", type=int, default=d.r2_max,
-                   help="keep h²+k²+l² < R2 (50 gives the study's 709 reflections; default: no cut)")
-    p.add_argument("--normalisation", "--normalization", choices=METHODS, default=d.normalisation,
-                   help="model input normalisation (default %(default)s)")
+    _add_dataset_options(p, d, unit="files")
     p.add_argument("--default-u", type=float, default=d.default_u,
                    help="U_iso (Å²) for atoms without displacement parameters (default %(default)s)")
-    p.add_argument("--test-fraction", type=float, default=d.test_fraction,
-                   help="fraction of structures in the test split (default 1/7, the study's 1000/7000)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the train/test split (default %(default)s)")
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
-    p.add_argument("--chunk-size", type=int, default=d.chunk_size,
-                   help="files per part, the unit of resumption (default %(default)s)")
-    p.add_argument("--compression", choices=["lzf", "gzip", "none"], default="lzf",
-                   help="HDF5 compression (default lzf)")
     p.add_argument("--no-observations", action="store_true", help="ignore measured reflections")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--shard", metavar="I/N", help="build only shard I of N of the sorted inputs "
                    "(for job arrays; join the shards with phasenet merge)")
     p.set_defaults(func=cmd_build)
@@ -98,7 +104,6 @@ def cmd_info(args) -> int:
 
 
 def _add_synth(sub):
-    from phasenet.normalisation import METHODS
     from phasenet.synth import SynthOptions
     from phasenet.synth_packing import SPACE_GROUPS
 
@@ -126,20 +131,8 @@ def _add_synth(sub):
                    help="dense: grow and squeeze, ~20 Å³ per non-H atom like real organic crystals; "
                    "fast: growth only, ~25 Å³, less CPU time (default %(default)s)")
     p.add_argument("--cif-dir", default=None, help="also write every structure as a CIF file here")
-    p.add_argument("--max-index", type=int, default=d.max_index, help="|h|,|k|,|l| <= this (default %(default)s)")
-    p.add_argument("--r2-max", type=int, default=d.r2_max, help="keep h²+k²+l² < R2 (default: no cut)")
-    p.add_argument("--normalisation", "--normalization", choices=METHODS, default=d.normalisation,
-                   help="model input normalisation (default %(default)s)")
-    p.add_argument("--test-fraction", type=float, default=d.test_fraction,
-                   help="fraction of structures in the test split (default 1/7)")
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     p.add_argument("--shard", default=None, metavar="I/N", help="generate only shard I of N of the run")
-    p.add_argument("--chunk-size", type=int, default=d.chunk_size,
-                   help="structures per part, the unit of resumption (default %(default)s)")
-    p.add_argument("--compression", choices=["lzf", "gzip", "none"], default="lzf",
-                   help="HDF5 compression (default lzf)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_dataset_options(p, d, unit="structures")
     p.set_defaults(func=cmd_synth)
 
 
