@@ -32,7 +32,21 @@ import numpy as np
 from phasenet import _cctbx_first  # noqa: F401
 import gemmi  # noqa: E402
 
-from phasenet import synth_kernels as _k  # noqa: E402
+
+
+class _LazyKernels:
+    """Stands for :mod:`phasenet.synth_kernels` until first used, so that importing the
+    synth modules (the CLI does, for its option defaults) does not load numba."""
+
+    def __getattr__(self, name):
+        global _k
+        from phasenet import synth_kernels
+
+        _k = synth_kernels  # later calls go to the module directly
+        return getattr(synth_kernels, name)
+
+
+_k = _LazyKernels()
 from phasenet.synth_molecules import vdw_radius  # noqa: E402
 
 
