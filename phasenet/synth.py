@@ -63,11 +63,14 @@ class SynthOptions:
     u_iso: tuple[float, float] = (0.005, 0.06)  # Å²
     heavy_fraction: float = 0.0
     heavy_elements: tuple[str, ...] = HEAVY_ELEMENTS
-    # Å³ per non-H atom: cell target drawn in it, squeezing floor (LO), accepted (<= HI)
-    volume_per_atom: tuple[float, float] = (13.0, 23.0)
-    # grow-and-squeeze rounds: the grown crystal is compressed (rigid molecules, Monte
-    # Carlo relaxation); with 2+ growth goes on in the smaller cell and is squeezed
-    # again, ... 0: growth only. Presets: PACKINGS ("dense", the default; "fast").
+    # Å³ per non-H atom: squeezing floor (LO), accepted range (LO-HI)
+    volume_per_atom: tuple[float, float] = (15.0, 22.0)
+    # Å³ per non-H atom of the cell the molecule grows in (drawn uniformly per structure)
+    grow_volume_per_atom: tuple[float, float] = (16.0, 30.0)
+    # grow-and-squeeze rounds: the grown crystal is squeezed (rigid molecules: the cell
+    # relaxed with them under pressure, then edge by edge); with 2+ growth goes on in
+    # the smaller cell and is squeezed again, ... 0: growth only. Presets: PACKINGS
+    # ("dense", the default; "fast").
     compress_rounds: int = 1
     contact_tolerance: float = 0.2  # Å below the sum of van der Waals radii
     h_contact_tolerance: float = 0.3
@@ -92,9 +95,10 @@ class SynthOptions:
         ulo, uhi = self.u_iso
         if not 0 < ulo <= uhi:
             raise ValueError(f"u_iso must be LO HI with 0 < LO <= HI, got {ulo} {uhi}")
-        vlo, vhi = self.volume_per_atom
-        if not 0 < vlo < vhi:
-            raise ValueError(f"volume_per_atom must be LO < HI, got {vlo} {vhi}")
+        for key in ("volume_per_atom", "grow_volume_per_atom"):
+            vlo, vhi = getattr(self, key)
+            if not 0 < vlo < vhi:
+                raise ValueError(f"{key} must be LO < HI, got {vlo} {vhi}")
         if self.max_edge <= 5.0:
             raise ValueError(f"max_edge must be > 5 Å, got {self.max_edge}")
         if self.compress_rounds < 0:
@@ -135,11 +139,12 @@ class SynthOptions:
 
 
 #: Packing presets (``phasenet synth --packing``): ``SynthOptions(**PACKINGS[name], ...)``.
-#: "dense" (the defaults): grow in a small cell (13-23 Å³ per non-H atom), squeeze once,
-#: accept <= 23 Å³ (mean ~20.5 Å³, like real organic crystals). "fast": growth only,
-#: accept <= 30 Å³ (mean ~25 Å³, loose), about 30 % less generation time.
-DENSE = {"compress_rounds": 1, "volume_per_atom": (13.0, 23.0)}
-FAST = {"compress_rounds": 0, "volume_per_atom": (16.0, 30.0)}
+#: "dense" (the defaults): grow in a cell of 16-30 Å³ per non-H atom, squeeze once
+#: (variable-cell relaxation under pressure, then edge by edge), accept 15-22 Å³
+#: (mean ~18 Å³, like real organic crystals). "fast": growth only, accept 16-30 Å³
+#: (mean ~25 Å³, loose).
+DENSE = {"compress_rounds": 1, "volume_per_atom": (15.0, 22.0), "grow_volume_per_atom": (16.0, 30.0)}
+FAST = {"compress_rounds": 0, "volume_per_atom": (16.0, 30.0), "grow_volume_per_atom": (16.0, 30.0)}
 PACKINGS = {"dense": DENSE, "fast": FAST}
 
 
@@ -184,12 +189,16 @@ def generate_structure(index: int, options: SynthOptions | None = None) -> Struc
     spec = space_group_spec(o.space_groups[int(rng.integers(len(o.space_groups)))])
     z = len(group_ops(spec.hm).rot)
     vlo, vhi = o.volume_per_atom
-    v_target = float(rng.uniform(vlo, vhi))
-    cap = int(max_cell_volume(spec.system, o.max_edge) / (z * v_target))
+    glo, ghi = o.grow_volume_per_atom
     lo, hi = o.atoms
-    if cap < lo:
-        raise GenerationError(f"{spec.name}: {lo} atoms at {v_target:.1f} Å³ each do not fit cells "
+    v_max_cell = max_cell_volume(spec.system, o.max_edge)
+    # the growth cell's volume per atom, within what lets MIN atoms fit the edge limit
+    v_fit = v_max_cell / (z * lo)
+    if v_fit < glo:
+        raise GenerationError(f"{spec.name}: {lo} atoms at {glo:.1f} Å³ each do not fit cells "
                               f"with edges <= {o.max_edge} Å")
+    v_target = float(rng.uniform(glo, min(ghi, v_fit)))
+    cap = int(v_max_cell / (z * v_target))
     n_target = int(rng.integers(lo, min(hi, cap) + 1))
     volume = z * n_target * v_target
     best = None
@@ -204,18 +213,19 @@ def generate_structure(index: int, options: SynthOptions | None = None) -> Struc
         hard = attempt >= 2 and o.compress_rounds > 0
         packing = grow_in_cell(rng, hi, spec, cell, mol_opts, pack_opts,
                                max_molecules=o.max_molecules,
-                               compress=(None if not o.compress_rounds else CompressOptions()
-                                         if not hard else HARD_COMPRESS),
+                               compress=(None if not o.compress_rounds else
+                                         dataclasses.replace(HARD_COMPRESS if hard else CompressOptions(),
+                                                             max_edge=o.max_edge)),
                                min_volume_per_atom=vlo, rounds=o.compress_rounds + hard,
                                max_volume_per_atom=vhi,
                                extra_rounds=2 if o.compress_rounds >= 2 or hard else 0)
         if packing is not None and packing.molecule.n_heavy >= lo:
             vpa = packing.volume / (z * packing.molecule.n_heavy)
-            if vlo <= vpa <= vhi:
+            if vlo <= vpa <= vhi and max(packing.cell[:3]) <= o.max_edge:
                 best = packing
                 break
         # jammed too early (small cells jam sooner): a slightly larger cell next time
-        volume = min(volume * 1.15, z * hi * vhi, max_cell_volume(spec.system, o.max_edge))
+        volume = min(volume * 1.15, z * hi * max(vhi, ghi), v_max_cell)
     if best is None:
         raise GenerationError(f"{spec.name}: no structure with {lo}-{hi} non-H atoms at <= {vhi} Å³ "
                               f"per atom within {o.max_attempts} attempts (max_edge {o.max_edge} Å)")

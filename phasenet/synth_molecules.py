@@ -22,6 +22,12 @@ that comes no closer than ``clash`` limits to atoms of its molecule 4+ bonds awa
 (self-avoiding molecules) and, in a crystal, no closer than van der Waals limits
 to every symmetry/lattice image (:class:`phasenet.synth_packing.CellEnv`). No
 external data is needed.
+
+Fragments are cached templates (:class:`_Frag`: elements, bonds, radii, per
+kind); the coordinates of each placement and its contact tests (all torsions, the
+molecule, the image cloud, the fragment's own images) run in compiled kernels
+(:mod:`phasenet.synth_kernels`: ``star_xyz``, ``orient``, ``rigid``,
+``first_free``), with random numbers drawn in blocks (:class:`_Draws`).
 """
 
 from __future__ import annotations
@@ -30,6 +36,21 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+
+
+class _LazyKernels:
+    """Stands for :mod:`phasenet.synth_kernels` until first used, so that importing
+    this module does not load numba."""
+
+    def __getattr__(self, name):
+        global _k
+        from phasenet import synth_kernels
+
+        _k = synth_kernels  # later calls go to the module directly
+        return getattr(synth_kernels, name)
+
+
+_k = _LazyKernels()
 
 #: Single-bond lengths (Å) by element pair and the hybridisation class of the
 #: carbon partner: "3" sp3, "2" sp2/aromatic. Keyed by sorted element pair.
@@ -154,17 +175,6 @@ def rotation_matrix(axis, angle):
     return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * (k @ k)
 
 
-def _align(a, b):
-    """Rotation matrix taking unit vector a onto unit vector b."""
-    v = _cross(a, b)
-    c = float(np.dot(a, b))
-    if np.linalg.norm(v) < 1e-9:
-        if c > 0:
-            return np.eye(3)
-        return rotation_matrix(_perp(a), np.pi)
-    return rotation_matrix(v, np.arctan2(np.linalg.norm(v), c))
-
-
 def random_rotation(rng) -> np.ndarray:
     """Uniformly random rotation matrix (from a random unit quaternion)."""
     q = rng.normal(size=4)
@@ -221,6 +231,122 @@ def _chair() -> _Ring:
     return _Ring(xyz - xyz[0], "sp3", tuple(slots), slots[0][0])
 
 
+# --------------------------------------------------------------------------- fragment templates
+
+_HYB_CODE = {"sp3": 0, "sp2": 1, "sp": 2}  # for synth_kernels.star_xyz
+_N_DIRS = {"sp3": 3, "sp2": 2, "sp": 1}  # bond directions an atom has besides its parent
+_WITH_H = ("C", "N", "O", "S", "P")  # elements whose free slots carry hydrogens
+
+
+@lru_cache(maxsize=None)
+def _bond_length(e1: str, h1: str, e2: str, h2: str) -> float:
+    """:func:`bond_length`, cached: growth asks for the same few pairs all the time."""
+    return bond_length(e1, h1, e2, h2)
+
+
+class _Frag:
+    """A fragment as it is placed: elements, hybridisations, bonds between its rows
+    (row 0 bonds to the parent), per-atom arrays for the contact tests (radius, H
+    flag, ``step``: bonds from the parent, 1 for ``attach_rows``, else 2) and the
+    row each hydrogen is bonded to. Built once per kind and cached (the
+    ``_*_frag`` functions); coordinates are made at each placement."""
+
+    def __init__(self, els, hybs, bonds, attach_rows):
+        k = len(els)
+        self.els, self.hybs = list(els), list(hybs)
+        self.is_h = np.array([e == "H" for e in els])
+        self.rad = np.array([vdw_radius(e) for e in els])
+        self.rad_max = float(self.rad.max())
+        self.step = np.full(k, 2, dtype=np.int64)
+        self.step[list(attach_rows)] = 1
+        self.bonds = np.array(bonds, dtype=np.int64).reshape(-1, 2)
+        self.hpar = np.arange(k, dtype=np.int64)  # the parent row of a hydrogen (else its own)
+        for i, j in bonds:
+            if els[j] == "H":
+                self.hpar[j] = i
+            elif els[i] == "H":
+                self.hpar[i] = j
+        self.h_rows = [r for r, e in enumerate(els) if e == "H"]
+        self.n_heavy = k - len(self.h_rows)
+
+
+@lru_cache(maxsize=None)
+def _star_frag(el: str, hyb: str, n_slots: int, sub: tuple = (), extra: tuple = ()) -> _Frag:
+    """Atom ``el`` (hybridisation ``hyb``) with ``n_slots`` further bonds: the
+    substituents ``sub`` ((element, bond length)) on the first slots, hydrogens on
+    the others (C, N, O, S, P only), then ``extra`` atoms on substituents ((row,
+    element, bond length)). ``slot_len``: ideal lengths of the ``n_out`` slot bonds."""
+    els, hybs, slot_len = [el], [hyb], []
+    for k in range(min(n_slots, _N_DIRS.get(hyb, 0))):
+        if k < len(sub):
+            els.append(sub[k][0])
+            slot_len.append(sub[k][1])
+        elif el in _WITH_H:
+            els.append("H")
+            slot_len.append(_bond_length(el, hyb, "H", "term"))
+        else:
+            continue
+        hybs.append("term")
+    bonds = [(0, k) for k in range(1, len(els))]
+    n_out = len(els) - 1
+    for row, e2, _ in extra:
+        els.append(e2)
+        hybs.append("term")
+        bonds.append((row, len(els) - 1))
+    f = _Frag(els, hybs, bonds, [0])
+    f.hyb_code, f.n_out, f.slot_len, f.extra = _HYB_CODE.get(hyb, 3), n_out, np.array(slot_len), extra
+    return f
+
+
+@lru_cache(maxsize=None)
+def _ring_frag(kind: str, hetero: int, attached: bool) -> _Frag:
+    """Ring ``kind`` with its heteroatom at row ``hetero`` (0: none) and hydrogens on
+    the free slots (all but row 0's first one, the bond to the parent, when
+    ``attached``). Coordinates in the ring frame: ``base + unit * length`` per row
+    (ring atoms: their position, length 0; hydrogens: their ring atom, slot
+    direction, ideal X-H length)."""
+    if kind == "chair":
+        ring = _chair()
+    else:
+        k = 6 if kind in ("benzene", "pyridine") else 5
+        ring = _planar_ring(k, 1.39 if k == 6 else 1.38)
+    k = len(ring.xyz)
+    els = ["C"] * k
+    if hetero:
+        els[hetero] = "O" if kind == "furan" else "N"
+    all_el, all_hyb, bonds = list(els), [ring.hyb] * k, []
+    base, unit, length = list(ring.xyz), [np.zeros(3)] * k, [0.0] * k
+    for i in range(k):
+        bonds.append((i, (i + 1) % k))
+        slots = ring.slots[i]
+        if i == 0 and attached:
+            slots = slots[1:]
+        if els[i] == "O" or (els[i] == "N" and kind == "pyridine"):
+            slots = slots[:0]
+        for v in slots:
+            all_el.append("H")
+            all_hyb.append("term")
+            base.append(ring.xyz[i])
+            unit.append(v)
+            length.append(_bond_length(els[i], ring.hyb, "H", "term"))
+            bonds.append((i, len(all_el) - 1))
+    f = _Frag(all_el, all_hyb, bonds, range(k))
+    f.base, f.unit, f.length = np.array(base), np.array(unit), np.array(length)
+    f.ring_hyb, f.attach_dir, f.centroid = ring.hyb, np.ascontiguousarray(ring.attach_dir), ring.xyz.mean(axis=0)
+    return f
+
+
+@lru_cache(maxsize=None)
+def _seed_frag(el: str, nh: int) -> _Frag:
+    """A small seed molecule: ``el`` with ``nh`` hydrogens (CH4, NH3, H2O) on the first
+    bonds of an ideal tetrahedron; ``local``: coordinates about ``el`` at the origin."""
+    f = _Frag([el] + ["H"] * nh, ["sp3"] + ["term"] * nh, [(0, k) for k in range(1, nh + 1)], [0])
+    z = np.array([0.0, 0.0, 1.0])
+    dirs = np.vstack([z, _cone(z, np.array([1.0, 0.0, 0.0]), TETRAHEDRAL, [0, 120, 240])])[:nh]
+    f.local = np.vstack([np.zeros(3), dirs * _bond_length(el, "sp3", "H", "term")])
+    return f
+
+
 # --------------------------------------------------------------------------- builder
 
 
@@ -252,6 +378,64 @@ class MoleculeOptions:
             raise ValueError("heavy_fraction > 0 needs at least one heavy element")
 
 
+class _Draws:
+    """Random numbers for growth, taken from ``rng`` in blocks (one generator call per
+    few hundred numbers instead of one per draw): uniform [0, 1) and standard normal
+    numbers, singly or as arrays. Offers the few ``numpy.random.Generator`` methods
+    the geometry helpers use (``random``, ``uniform``, ``normal``). Deterministic
+    in the generator's state, like the generator itself."""
+
+    def __init__(self, rng, block: int = 256):
+        self.rng, self.block = rng, block
+        self._u, self._ul, self._iu = np.empty(0), [], 0
+        self._g, self._gl, self._ig = np.empty(0), [], 0
+
+    def _refill_u(self, k):
+        self._u = self.rng.random(max(self.block, k))
+        self._ul, self._iu = self._u.tolist(), 0
+
+    def _refill_g(self, k):
+        self._g = self.rng.standard_normal(max(self.block, k))
+        self._gl, self._ig = self._g.tolist(), 0
+
+    def random(self) -> float:
+        if self._iu >= len(self._ul):
+            self._refill_u(1)
+        self._iu += 1
+        return self._ul[self._iu - 1]
+
+    def uniform(self, low: float = 0.0, high: float = 1.0) -> float:
+        return low + (high - low) * self.random()
+
+    def uniforms(self, k: int) -> np.ndarray:
+        """k uniform [0, 1) numbers (a read-only view: do not modify)."""
+        if self._iu + k > len(self._ul):
+            self._refill_u(k)
+        self._iu += k
+        return self._u[self._iu - k:self._iu]
+
+    def normals(self, k: int) -> np.ndarray:
+        """k standard normal numbers (a read-only view: do not modify)."""
+        if self._ig + k > len(self._gl):
+            self._refill_g(k)
+        self._ig += k
+        return self._g[self._ig - k:self._ig]
+
+    def normal(self, loc: float = 0.0, scale: float = 1.0, size=None):
+        if size is None:
+            if self._ig >= len(self._gl):
+                self._refill_g(1)
+            self._ig += 1
+            return loc + scale * self._gl[self._ig - 1]
+        return loc + scale * self.normals(int(np.prod(size))).reshape(size)
+
+
+_ZERO3 = np.zeros(3)
+_ZERO1 = np.zeros(1)
+_NO_BONDS = np.zeros((0, 2), dtype=np.int64)
+_MAX_DEGREE = 6
+
+
 class _Builder:
     """Grows a molecule that is complete at every step: each free valence carries a
     hydrogen, and growing replaces a hydrogen by a fragment along its bond.
@@ -261,10 +445,17 @@ class _Builder:
     molecule itself (intramolecular limits by topological distance) and, in a
     crystal, all symmetry and lattice images of the atoms placed so far (van der
     Waals limits). Without ``env`` the molecule grows in vacuum.
+
+    State: per-atom arrays (coordinates, alive, H, closed, radius, molecule, the
+    parent of each hydrogen) and the bond graph as adjacency rows ``nb``/``deg``,
+    all read by the compiled kernels (:mod:`phasenet.synth_kernels`: fragment
+    coordinates, the placement test, bond bookkeeping). Fragments come from cached
+    templates (:class:`_Frag`); random numbers from :class:`_Draws`.
     """
 
     def __init__(self, rng, options: MoleculeOptions, env=None, origin=None):
         self.rng = rng
+        self.draw = _Draws(rng)
         self.o = options
         if env is None:
             from phasenet.synth_packing import CellEnv, PackingOptions
@@ -275,262 +466,129 @@ class _Builder:
         self.origin = np.zeros(3) if origin is None else np.asarray(origin, dtype=float)
         self.el: list[str] = []
         self.hyb: list[str] = []
-        self.xyz = np.zeros((128, 3))
-        self.alive = np.zeros(128, dtype=bool)
-        self.is_h = np.zeros(128, dtype=bool)
-        self.closed = np.zeros(128, dtype=bool)  # hydrogens that can no longer be replaced
-        self.rad = np.zeros(128)
-        self.mol = np.zeros(128, dtype=np.int64)  # molecule of each atom (Z' > 1)
+        cap = 128
+        self.xyz = np.zeros((cap, 3))
+        self.alive = np.zeros(cap, dtype=bool)
+        self.is_h = np.zeros(cap, dtype=bool)
+        self.closed = np.zeros(cap, dtype=bool)  # hydrogens that can no longer be replaced
+        self.rad = np.zeros(cap)
+        self.mol = np.zeros(cap, dtype=np.int64)  # molecule of each atom (Z' > 1)
+        self.hpar = np.zeros(cap, dtype=np.int64)  # the atom a hydrogen is bonded to
+        self.nb = np.zeros((cap, _MAX_DEGREE), dtype=np.int64)  # bonded atoms, deg[i] of them
+        self.deg = np.zeros(cap, dtype=np.int64)
         self.n_mol = 0
-        self.nbr: list[list[int]] = []
+        self.n_heavy = 0  # non-H atoms (never removed)
         self.rad_max = 0.0
 
     @property
     def n(self) -> int:
         return len(self.el)
 
-    def _add(self, el, hyb, xyz, mol=None) -> list[int]:
-        i0, k = self.n, len(el)
+    def _reserve(self, size: int) -> None:
+        extra = size - len(self.xyz)
+        if extra <= 0:
+            return
+        for name in ("xyz", "alive", "is_h", "closed", "rad", "mol", "hpar", "nb", "deg"):
+            old = getattr(self, name)
+            setattr(self, name, np.concatenate([old, np.zeros((extra,) + old.shape[1:], dtype=old.dtype)]))
+
+    def _add(self, frag: _Frag, xyz, mol) -> int:
+        i0, k = self.n, len(frag.els)
         if i0 + k > len(self.xyz):
-            grow = i0 + k + 128
-            self.xyz = np.concatenate([self.xyz, np.zeros((grow, 3))])
-            self.alive = np.concatenate([self.alive, np.zeros(grow, dtype=bool)])
-            self.is_h = np.concatenate([self.is_h, np.zeros(grow, dtype=bool)])
-            self.closed = np.concatenate([self.closed, np.zeros(grow, dtype=bool)])
-            self.rad = np.concatenate([self.rad, np.zeros(grow)])
-            self.mol = np.concatenate([self.mol, np.zeros(grow, dtype=np.int64)])
-        xyz = np.asarray(xyz)
-        is_h = np.array([e == "H" for e in el])
-        rad = np.array([vdw_radius(e) for e in el])
-        self.xyz[i0:i0 + k] = xyz
-        self.alive[i0:i0 + k] = True
-        self.is_h[i0:i0 + k] = is_h
-        self.rad[i0:i0 + k] = rad
-        self.mol[i0:i0 + k] = self.n_mol if mol is None else mol
-        self.rad_max = max(self.rad_max, float(rad.max()))
-        self.env.add(i0, xyz, rad, is_h)
-        self.el += list(el)
-        self.hyb += list(hyb)
-        self.nbr += [[] for _ in el]
-        return list(range(i0, i0 + k))
+            self._reserve(i0 + k + 128)
+        sl = slice(i0, i0 + k)
+        self.xyz[sl] = xyz
+        self.alive[sl] = True
+        self.is_h[sl] = frag.is_h
+        self.rad[sl] = frag.rad
+        self.mol[sl] = mol
+        self.hpar[sl] = frag.hpar + i0
+        self.rad_max = max(self.rad_max, frag.rad_max)
+        self.env.add(i0, xyz, frag.rad, frag.is_h)
+        self.el += frag.els
+        self.hyb += frag.hybs
+        return i0
 
-    def _bond(self, i, j):
-        self.nbr[i].append(j)
-        self.nbr[j].append(i)
-
-    def _remove(self, i):
-        self.alive[i] = False
-        for j in self.nbr[i]:
-            self.nbr[j].remove(i)
-        self.nbr[i] = []
-
-    def _topo(self, start: int, depth: int) -> dict[int, int]:
-        dist = {start: 0}
-        frontier = [start]
-        for d in range(1, depth + 1):
-            nxt = []
-            for a in frontier:
-                for b in self.nbr[a]:
-                    if b not in dist:
-                        dist[b] = d
-                        nxt.append(b)
-            frontier = nxt
-        return dist
-
-    def _first_free(self, cands, is_h, rad, step, parent, axis_point, axis) -> int:
-        """Index of a candidate (P, k, 3) clear of the molecule and of all images, or -1.
-
-        ``step``: bonds from the parent (1 for atoms bonded to it, 2 for theirs)."""
-        o = self.o
-        env = self.env
-        c0 = cands[0]
-        if axis is None:
-            centre = c0.mean(axis=0)
-        else:  # candidates differ by rotations about the axis: a common centre on it
-            centre = axis_point + axis * float((c0.mean(axis=0) - axis_point) @ axis)
-        radius = float(np.sqrt(((c0 - centre) ** 2).sum(axis=1).max()))
-        reach = radius + float(rad.max()) + max(self.rad_max, 1.0)
-        if reach > env.reach:
-            return -1
-        from phasenet import synth_kernels as _k
-
-        n = self.n
-        if n:
-            dist_p = np.full(n, 9, dtype=np.int64)
-            if parent is not None:
-                for a, dd in self._topo(parent, 2).items():
-                    dist_p[a] = dd
-            pmol = int(self.mol[parent]) if parent is not None else -1
-            w, cw = env.wrap(centre)
-            ok = _k.cloud_ok(cands, rad, is_h, step, env.cart, env.atom, env.kn, env.nc, self.alive,
-                             self.rad, self.is_h, self.mol, pmol, dist_p, centre, cw, w, reach,
-                             env.tol, env.htol, o.clash_heavy, o.clash_h, o.clash_hh)
+    def _place(self, parent, d, frag: _Frag, xyz0, staggered=False):
+        """Try the fragment (coordinates ``xyz0``) at several torsions about the bond
+        ``d`` to ``parent`` (without a parent: as given) and add the first that fits
+        (:func:`phasenet.synth_kernels.first_free`). Returns the indices of its
+        hydrogens, or None."""
+        env, o = self.env, self.o
+        if parent is None:
+            p0, d, tors, pi = _ZERO3, _ZERO3, _ZERO1, -1
         else:
-            ok = np.ones(len(cands), dtype=bool)
-        if ok.any():
-            rots, trans = env.own_images(centre, radius)
-            if len(rots):
-                ok &= _k.own_ok(cands, rad, is_h, rots, trans, env.m, env.minv, env.tol, env.htol)
-        hit = np.flatnonzero(ok)
-        return int(hit[0]) if len(hit) else -1
-
-    def _frame(self, back, hyb, n_slots, parent):
-        """Directions of the ``n_slots`` further bonds of an atom bonded along ``back``
-        (unit vector from the atom towards its parent)."""
-        if n_slots == 0:
-            return np.zeros((0, 3))
-        rng = self.rng
-        ref = None
-        if parent is not None:
-            for j in self.nbr[parent]:
-                v = self.xyz[j] - self.xyz[parent]
-                if abs(np.dot(v, back)) < 0.98 * np.linalg.norm(v):
-                    ref = v
-                    break
-        if ref is None:
-            ref, t0 = _perp(back, rng), 0.0
-        elif hyb == "sp3" and self.hyb[parent] == "sp3":
-            t0 = 60.0 + 120.0 * rng.integers(3) + rng.normal(0, 8.0)  # staggered
-        else:
-            t0 = rng.uniform(0, 360)
-        if hyb == "sp3":
-            ang = TETRAHEDRAL + rng.normal(0, self.o.angle_sigma, 3)
-            tors = t0 + 120.0 * np.arange(3)
-        elif hyb == "sp2":
-            ang = 120.0 + rng.normal(0, self.o.angle_sigma, 2)
-            tors = t0 + 180.0 * np.arange(2)
-        else:
-            return -back[None, :]
-        ref = _unit(ref - np.dot(ref, back) * back)
-        q = _cross(back, ref)
-        a, t = np.radians(ang), np.radians(tors)
-        dirs = (np.cos(a)[:, None] * back[None, :]
-                + np.sin(a)[:, None] * (np.cos(t)[:, None] * ref[None, :] + np.sin(t)[:, None] * q[None, :]))
-        return dirs[:n_slots]
-
-    def _length(self, e1, h1, e2, h2):
-        return bond_length(e1, h1, e2, h2) + self.rng.normal(0, self.o.bond_sigma)
-
-    def _atom_with_h(self, parent, d, el, hyb, n_slots, length=None, sub=None):
-        """Coordinates of a new atom bonded to ``parent`` along ``d`` plus its substituents:
-        hydrogens on its free slots, or the (element, length) given in ``sub`` for the
-        first slots. Returns (elements, hybs, xyz (k, 3))."""
-        if length is None:
-            length = self._length(self.el[parent], self.hyb[parent], el, hyb)
-        pos = self.xyz[parent] + d * length
-        dirs = self._frame(-d, hyb, n_slots, parent)
-        els, hybs, pts = [el], [hyb], [pos]
-        sub = list(sub or [])
-        for k, v in enumerate(dirs):
-            if k < len(sub):
-                e2, l2 = sub[k]
-                els.append(e2)
-                hybs.append("term")
-                pts.append(pos + v * (l2 + self.rng.normal(0, self.o.bond_sigma)))
-            elif el in ("C", "N", "O", "S", "P"):
-                els.append("H")
-                hybs.append("term")
-                pts.append(pos + v * self._length(el, hyb, "H", "term"))
-        return els, hybs, np.array(pts)
+            p0, pi = self.xyz[parent], parent
+            tors = _ZERO1 if len(frag.els) == 1 else self._torsions(staggered)
+        pick, xyz = _k.first_free(
+            xyz0, frag.rad, frag.is_h, frag.step, p0, d, tors, pi, self.n, self.nb, self.deg,
+            self.alive, self.rad, self.is_h, self.mol, self.rad_max, env.cart, env.atom, env.kn,
+            env.nc, env.m, env.minv, env.rot, env.trans, env.shifts, env.shifts_cart, env.reach,
+            env.tol, env.htol, o.clash_heavy, o.clash_h, o.clash_hh)
+        if pick < 0:
+            return None
+        if parent is None:
+            self.n_mol += 1
+        i0 = self._add(frag, xyz, self.n_mol - 1 if parent is None else self.mol[parent])
+        _k.link(self.nb, self.deg, frag.bonds, i0, pi)
+        self.n_heavy += frag.n_heavy
+        return [i0 + r for r in frag.h_rows]
 
     def _torsions(self, staggered: bool) -> np.ndarray:
         """Rotations (radians) tried about the new bond; the first is 0 (as built)."""
-        rng = self.rng
-        if staggered:
-            t = np.radians(120.0 * np.arange(3) + np.concatenate([[0.0], rng.normal(0, 8.0, 2)]))
-            return t[np.concatenate([[0], 1 + rng.permutation(2)])]
-        return np.concatenate([[0.0], rng.uniform(0, 2 * np.pi, self.o.n_torsions - 1)])
+        dr = self.draw
+        if staggered:  # the other two staggered ones (± 8°), in random order
+            g = dr.normals(2)
+            t1 = 2.0 * np.pi / 3.0 + np.radians(8.0 * g[0])
+            t2 = 4.0 * np.pi / 3.0 + np.radians(8.0 * g[1])
+            return np.array([0.0, t1, t2] if dr.random() < 0.5 else [0.0, t2, t1])
+        t = np.empty(self.o.n_torsions)
+        t[0] = 0.0
+        t[1:] = 2.0 * np.pi * dr.uniforms(self.o.n_torsions - 1)
+        return t
 
-    def _place(self, parent, d, els, hybs, xyz, internal_bonds, attach_rows, staggered=False):
-        """Try the fragment at several torsions about ``d`` (or, without a parent, at
-        random places and orientations); add the first that fits; bond attach rows to
-        the parent. Returns the new indices or None."""
-        is_h = np.array([e == "H" for e in els])
-        rad = np.array([vdw_radius(e) for e in els])
-        step = np.full(len(els), 2)
-        step[list(attach_rows)] = 1
-        if parent is None:
-            cands = xyz[None]
-            pick = self._first_free(cands, is_h, rad, step, None, None, None)
-        else:
-            p0 = self.xyz[parent]
-            if len(els) == 1:
-                cands = xyz[None]
-            else:
-                t = self._torsions(staggered)
-                rots = _rotations(d, t)  # (P, 3, 3)
-                cands = np.einsum("pij,kj->pki", rots, xyz - p0) + p0
-            pick = self._first_free(cands, is_h, rad, step, parent, p0, d)
-        if pick < 0:
-            return None
-        return self._commit(parent, els, hybs, cands[pick], internal_bonds)
-
-    def _commit(self, parent, els, hybs, xyz, internal_bonds):
-        if parent is None:
-            self.n_mol += 1
-        idx = self._add(els, hybs, xyz, self.n_mol - 1 if parent is None else self.mol[parent])
-        for i, j in internal_bonds:
-            self._bond(idx[i], idx[j])
-        if parent is not None:
-            self._bond(parent, idx[0])
-        return idx
-
-    def _star(self, parent, d, el, hyb, n_slots, length=None, sub=None, extra=()):
-        els, hybs, xyz = self._atom_with_h(parent, d, el, hyb, n_slots, length, sub)
-        bonds = [(0, k) for k in range(1, len(els))]
-        if extra:  # hydrogens on substituents: (substituent row, element, length)
-            pts = list(xyz)
-            for row, e2, l2 in extra:
+    def _star(self, parent, d, el, hyb, n_slots, sub=(), extra=()):
+        """Atom ``el`` bonded to ``parent`` along ``d``, with its substituents: ``sub``
+        ((element, length)) on the first slots, hydrogens on the others, ``extra``
+        hydrogens on substituents ((row, element, length))."""
+        f = _star_frag(el, hyb, n_slots, tuple(sub), tuple(extra))
+        dr, sigma = self.draw, self.o.bond_sigma
+        ph = self.hyb[parent]
+        staggered = hyb == "sp3" and ph == "sp3"
+        g = dr.normals(5 + f.n_out)
+        length = _bond_length(self.el[parent], ph, el, hyb) + sigma * g[0]
+        xyz = _k.star_xyz(self.xyz[parent], d, length, f.hyb_code, f.n_out, staggered, parent, self.nb,
+                          self.deg, self.xyz, f.slot_len + sigma * g[5:], dr.uniforms(3), g[1:5],
+                          self.o.angle_sigma)
+        if extra:
+            pts = [xyz]
+            for row, _, l2 in extra:
                 b = _unit(xyz[row] - xyz[0])
-                v = _cone(b, _perp(b, self.rng), 180.0 - TETRAHEDRAL, [0.0])[0]
-                pts.append(xyz[row] + v * l2)
-                els.append(e2)
-                hybs.append("term")
-                bonds.append((row, len(pts) - 1))
-            xyz = np.array(pts)
-        staggered = hyb == "sp3" and self.hyb[parent] == "sp3"
-        return self._place(parent, d, els, hybs, xyz, bonds, [0], staggered)
+                v = _cone(b, _perp(b, dr), 180.0 - TETRAHEDRAL, [0.0])[0]
+                pts.append((xyz[row] + v * l2)[None])
+            xyz = np.concatenate(pts)
+        return self._place(parent, d, f, xyz, staggered)
 
     def _ring(self, parent, d, kind):
-        rng = self.rng
-        if kind == "chair":
-            ring = _chair()
-            els = ["C"] * 6
-        else:
-            k = 6 if kind in ("benzene", "pyridine") else 5
-            ring = _planar_ring(k, 1.39 if k == 6 else 1.38)
-            els = ["C"] * k
-            if kind == "pyridine":
-                els[int(rng.integers(1, 6))] = "N"
-            elif kind in ("furan", "pyrrole"):
-                els[int(rng.integers(1, 5))] = "O" if kind == "furan" else "N"
-        k = len(els)
+        dr = self.draw
+        hetero = 0
+        if kind == "pyridine":
+            hetero = 1 + int(dr.random() * 5)
+        elif kind in ("furan", "pyrrole"):
+            hetero = 1 + int(dr.random() * 4)
+        f = _ring_frag(kind, hetero, parent is not None)
+        local = f.base + f.unit * (f.length + self.o.bond_sigma * dr.normals(len(f.els)))[:, None]
         if parent is None:
-            rot, origin = random_rotation(rng), self.origin - ring.xyz.mean(axis=0)
-        else:
-            rot = _align(ring.attach_dir, -d)
-            origin = self.xyz[parent] + d * self._length(self.el[parent], self.hyb[parent], "C", ring.hyb)
-        xyz = ring.xyz @ rot.T + origin
-        all_el, all_hyb, pts, bonds = list(els), [ring.hyb] * k, list(xyz), []
-        for i in range(k):
-            bonds.append((i, (i + 1) % k))
-            slots = ring.slots[i]
-            if i == 0 and parent is not None:
-                slots = slots[1:]
-            if els[i] == "O" or (els[i] == "N" and kind == "pyridine"):
-                slots = slots[:0]
-            for v in slots:
-                pts.append(xyz[i] + (v @ rot.T) * self._length(els[i], ring.hyb, "H", "term"))
-                all_el.append("H")
-                all_hyb.append("term")
-                bonds.append((i, len(pts) - 1))
-        return self._place(parent, d, all_el, all_hyb, np.array(pts), bonds, range(k))
+            return self._place(None, None, f, _k.rigid(local, dr.normals(4), self.origin - f.centroid))
+        length = _bond_length(self.el[parent], self.hyb[parent], "C", f.ring_hyb) + dr.normal(0, self.o.bond_sigma)
+        xyz = _k.orient(local, f.attach_dir, -d, self.xyz[parent] + d * length)
+        return self._place(parent, d, f, xyz)
 
     def _pick_fragment(self, budget: int, parent: int):
-        rng = self.rng
+        rand = self.draw.random
         o = self.o
         pel = self.el[parent]
-        if o.heavy_fraction > 0 and rng.random() < o.heavy_fraction:
+        if o.heavy_fraction > 0 and rand() < o.heavy_fraction:
             choices = []
             for e in o.heavy_elements:
                 if e in ("Cl", "Br", "I", "F") and pel == "C":
@@ -542,10 +600,10 @@ class _Builder:
                 elif e in METALS and budget >= 4 and pel in ("N", "O"):
                     choices.append(("group", "metal"))
             if choices:
-                return choices[rng.integers(len(choices))]
-        if budget >= 6 and rng.random() < o.p_ring:
-            return ("ring", _RING_KINDS[int(rng.integers(len(_RING_KINDS)))])
-        r = rng.random()
+                return choices[int(rand() * len(choices))]
+        if budget >= 6 and rand() < o.p_ring:
+            return ("ring", _RING_KINDS[int(rand() * len(_RING_KINDS))])
+        r = rand()
         if pel != "C":  # no N-N, N-O, O-O bonds
             return ("chain", "C")
         if r < 0.15 and budget >= 2:
@@ -558,12 +616,14 @@ class _Builder:
             return ("chain", "O")
         return ("chain", "C")
 
-    def _grow_step(self, h: int, budget: int, fragment=None):
-        """Replace hydrogen ``h`` by a fragment; returns the new indices or None."""
-        parent = self.nbr[h][0]
-        d = _unit(self.xyz[h] - self.xyz[parent])
-        kind, what = fragment or self._pick_fragment(budget, parent)
-        self._remove(h)
+    def _grow_step(self, h: int, fragment):
+        """Replace hydrogen ``h`` by a fragment; returns its hydrogens' indices or None."""
+        parent = int(self.hpar[h])
+        v = self.xyz[h] - self.xyz[parent]
+        d = v / np.sqrt(v @ v)
+        kind, what = fragment
+        self.alive[h] = False
+        _k.unlink(self.nb, self.deg, h)
         if kind == "ring":
             ok = self._ring(parent, d, what)
         elif kind == "term":
@@ -571,44 +631,45 @@ class _Builder:
         elif kind == "chain":
             ok = self._star(parent, d, what, "sp3", {"C": 3, "N": 2, "O": 1, "S": 1}[what])
         elif what == "carbonyl":
-            ok = self._star(parent, d, "C", "sp2", 2, sub=[("O", 1.23)])
+            ok = self._star(parent, d, "C", "sp2", 2, sub=(("O", 1.23),))
         elif what == "nitrile":
-            ok = self._star(parent, d, "C", "sp", 1, sub=[("N", 1.14)])
+            ok = self._star(parent, d, "C", "sp", 1, sub=(("N", 1.14),))
         elif what == "po3":  # phosphonic acid P(=O)(OH)2
-            ok = self._star(parent, d, "P", "sp3", 3, sub=[("O", 1.49), ("O", 1.55), ("O", 1.55)],
-                            extra=[(2, "H", 0.84), (3, "H", 0.84)])
+            ok = self._star(parent, d, "P", "sp3", 3, sub=(("O", 1.49), ("O", 1.55), ("O", 1.55)),
+                            extra=((2, "H", 0.84), (3, "H", 0.84)))
         else:  # metal: tetrahedral MCl3 on an N or O donor
             metals = [e for e in self.o.heavy_elements if e in METALS] or ["Cu"]
-            ok = self._star(parent, d, str(metals[int(self.rng.integers(len(metals)))]), "sp3", 3,
-                            sub=[("Cl", 2.24)] * 3)
+            ok = self._star(parent, d, str(metals[int(self.draw.random() * len(metals))]), "sp3", 3,
+                            sub=(("Cl", 2.24),) * 3)
         if ok is None:  # put the hydrogen back
             self.alive[h] = True
-            self._bond(parent, h)
+            _k.link(self.nb, self.deg, _NO_BONDS, h, parent)
         return ok
 
     def heavy_count(self) -> int:
+        return self.n_heavy
+
+    def _open_sites(self) -> list[int]:
+        """Hydrogens that may still be replaced, ascending."""
         n = self.n
-        return int((self.alive[:n] & ~self.is_h[:n]).sum())
+        return np.flatnonzero(self.alive[:n] & self.is_h[:n] & ~self.closed[:n]).tolist()
 
     def seed(self, n_heavy: int, tries: int = 1, origins=None, small: bool = False) -> bool:
         """Start a new molecule with a ring, or CH4 (H2O, NH3 too when ``small``), at
         ``origin`` (or at the next of ``origins``, a callable, each try); False if it
         never fits."""
-        rng = self.rng
+        dr = self.draw
         for _ in range(tries):
             if origins is not None:
                 self.origin = origins()
-            if not small and rng.random() < self.o.p_ring_seed and n_heavy >= 6:
-                if self._ring(None, None, _SEED_RINGS[int(rng.integers(len(_SEED_RINGS)))]) is not None:
+            if not small and dr.random() < self.o.p_ring_seed and n_heavy >= 6:
+                if self._ring(None, None, _SEED_RINGS[int(dr.random() * len(_SEED_RINGS))]) is not None:
                     return True
                 continue
-            el = "C" if not small else "CCON"[int(rng.integers(4))]
+            el = "C" if not small else "CCON"[int(dr.random() * 4)]
             nh = {"C": 4, "N": 3, "O": 2}[el]
-            z = random_rotation(rng)[:, 2]
-            dirs = np.vstack([z, _cone(z, _perp(z, rng), TETRAHEDRAL, [0, 120, 240])])[:nh]
-            xyz = np.vstack([self.origin, self.origin + dirs * bond_length(el, "sp3", "H", "term")])
-            if self._place(None, None, [el] + ["H"] * nh, ["sp3"] + ["term"] * nh, xyz,
-                           [(0, k) for k in range(1, nh + 1)], [0]) is not None:
+            f = _seed_frag(el, nh)  # an ideal tetrahedron (or part), uniformly random orientation
+            if self._place(None, None, f, _k.rigid(f.local, dr.normals(4), self.origin)) is not None:
                 return True
         return False
 
@@ -619,33 +680,34 @@ class _Builder:
         fragment (OH on C, CH3 on N/O); if that fails too the site is closed for good
         (the surroundings only ever fill up), so growth ends when the molecule is
         jammed, without a long tail of hopeless attempts."""
-        rng = self.rng
         if self.n == 0 and not self.seed(n_heavy):
             return
         failures = 0
-        count = self.heavy_count()
-        while count < n_heavy and failures < max_failures:
-            n = self.n
-            hs = np.flatnonzero(self.alive[:n] & self.is_h[:n] & ~self.closed[:n])
-            if not len(hs):
+        sites = self._open_sites()
+        while self.n_heavy < n_heavy and failures < max_failures:
+            if not sites:
                 break
-            h = int(hs[rng.integers(len(hs))])
-            pel = self.el[self.nbr[h][0]]
+            h = sites[int(self.draw.random() * len(sites))]
+            pel = self.el[self.hpar[h]]
             if pel not in ("C", "N", "O"):
                 self.closed[h] = True
+                sites.remove(h)
                 continue
-            fragment = self._pick_fragment(n_heavy - count, self.nbr[h][0])
-            ok = self._grow_step(h, n_heavy - count, fragment)
-            if ok is None:
+            budget = n_heavy - self.n_heavy
+            fragment = self._pick_fragment(budget, int(self.hpar[h]))
+            new = self._grow_step(h, fragment)
+            if new is None:
                 failures += 1
                 smallest = ("chain", "O" if pel == "C" else "C")
                 if fragment != smallest:
-                    ok = self._grow_step(h, n_heavy - count, smallest)
-                if ok is None:
+                    new = self._grow_step(h, smallest)
+                if new is None:
                     self.closed[h] = True
                     self._close_blocked()
-            if ok is not None:
-                count = self.heavy_count()
+                    sites = self._open_sites()
+            if new is not None:
+                sites.remove(h)
+                sites += new
 
     def _close_blocked(self, length: float = 1.40, radius: float = 1.52) -> None:
         """Close, all at once, every open hydrogen where even the first atom of a
@@ -653,44 +715,27 @@ class _Builder:
         touch an image or a non-neighbouring part of its own molecule: one
         vectorised test of all sites against the whole image cloud, instead of a
         failed attempt per site."""
-        n = self.n
-        hs = np.flatnonzero(self.alive[:n] & self.is_h[:n] & ~self.closed[:n])
-        if not len(hs):
-            return
-        from phasenet import synth_kernels as _k
-
-        env = self.env
-        parents = np.array([self.nbr[h][0] if self.nbr[h] else h for h in hs])
-        d = self.xyz[hs] - self.xyz[parents]
-        d /= np.sqrt(np.einsum("ij,ij->i", d, d))[:, None]
-        q = self.xyz[parents] + length * d  # (S, 3)
-        w = np.floor(q @ env.minv.T)
-        cw = q - w @ env.m.T
-        o = self.o
-        blocked = _k.blocked(q, w, cw, self.mol[parents], self.xyz[parents], env.cart, env.atom, env.kn,
-                             env.nc, self.alive, self.rad, self.is_h, self.mol, self.xyz, radius,
-                             env.tol, env.htol, o.clash_heavy, o.clash_h)
-        self.closed[hs[blocked]] = True
+        env, o = self.env, self.o
+        _k.close_sites(self.n, self.alive, self.is_h, self.closed, self.hpar, self.xyz, self.mol, self.rad,
+                       env.cart, env.atom, env.kn, env.nc, env.m, env.minv, length, radius, env.tol,
+                       env.htol, o.clash_heavy, o.clash_h)
 
     def molecule(self) -> Molecule:
-        keep = np.flatnonzero(self.alive[:self.n])
-        new = -np.ones(self.n, dtype=np.int64)
+        n = self.n
+        keep = np.flatnonzero(self.alive[:n])
+        new = -np.ones(n, dtype=np.int64)
         new[keep] = np.arange(len(keep))
-        bonds = sorted({(min(new[i], new[j]), max(new[i], new[j]))
-                        for i in keep for j in self.nbr[i]})
+        deg = self.deg[:n]
+        i = new[np.repeat(np.arange(n), deg)]
+        j = new[self.nb[:n][np.arange(self.nb.shape[1])[None, :] < deg[:, None]]]
+        key = np.unique(np.minimum(i, j) * n + np.maximum(i, j))  # each bond once, sorted
+        bonds = np.stack([key // n, key % n], axis=1) if n else np.zeros((0, 2), dtype=np.int64)
         return Molecule(np.array([self.el[i] for i in keep]), self.xyz[keep].copy(),
-                        np.array(bonds, dtype=np.int64).reshape(-1, 2))
+                        bonds.astype(np.int64).reshape(-1, 2))
 
 
 _RING_KINDS = ("benzene", "benzene", "pyridine", "chair", "furan", "pyrrole")
 _SEED_RINGS = ("benzene", "benzene", "pyridine", "chair")
-
-
-def _rotations(axis, angles) -> np.ndarray:
-    """(P, 3, 3) rotations by ``angles`` about the unit vector ``axis``."""
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    s, c = np.sin(angles)[:, None, None], np.cos(angles)[:, None, None]
-    return np.eye(3)[None] + s * k[None] + (1 - c) * (k @ k)[None]
 
 
 def grow_molecule(rng: np.random.Generator, n_heavy: int, options: MoleculeOptions | None = None,

@@ -176,6 +176,15 @@ def random_cell(system: str, volume: float, rng, max_edge: float, min_edge: floa
     return (*map(float, lengths), *angles)
 
 
+@lru_cache(maxsize=None)
+def _near_shifts(n0: int, n1: int, n2: int) -> np.ndarray:
+    """Lattice shifts (S, 3) (fractional, whole numbers, |shift_i| <= n_i), shortest first
+    (0 first; cached, shared: do not modify)."""
+    near = np.stack(np.meshgrid(np.arange(-n0, n0 + 1), np.arange(-n1, n1 + 1), np.arange(-n2, n2 + 1),
+                                indexing="ij"), axis=-1).reshape(-1, 3).astype(float)
+    return near[np.argsort((near**2).sum(axis=1), kind="stable")]
+
+
 class CellEnv:
     """Placed atoms and all their symmetry and lattice images in a cell, for
     vectorised contact checks of candidate fragments while molecules grow.
@@ -204,14 +213,8 @@ class CellEnv:
         self.reach = reach
         spacing = 1.0 / np.linalg.norm(self.minv, axis=1)  # interplanar spacings
         self.margin = reach / spacing
-        q = np.ceil(self.margin).astype(int) + 1
-        self.grid = np.stack(np.meshgrid(*[np.arange(-k, k + 1) for k in q], indexing="ij"),
-                             axis=-1).reshape(-1, 3).astype(float)
         # shifts for the centre-to-own-image test (a fragment reaches < reach)
-        nmax = np.ceil(reach / spacing - 0.5).astype(int)
-        near = np.stack(np.meshgrid(*[np.arange(-k, k + 1) for k in nmax], indexing="ij"),
-                        axis=-1).reshape(-1, 3).astype(float)
-        self.shifts = near[np.argsort((near**2).sum(axis=1), kind="stable")]  # 0 first
+        self.shifts = _near_shifts(*(int(k) for k in np.ceil(reach / spacing - 0.5)))
         self.shifts_cart = self.shifts @ self.m.T
         self.nc = 0
         self.cart = np.zeros((capacity, 3))
@@ -228,21 +231,18 @@ class CellEnv:
             self.is_h = np.concatenate([self.is_h, np.zeros(extra, dtype=bool)])
         self.rad[i0:i0 + k] = rad
         self.is_h[i0:i0 + k] = is_h
-        f = xyz @ self.minv.T
-        cart, row, kn = _k.images(f, self.rot, self.trans, self.margin, self.m)
-        cnt = len(row)
-        if self.nc + cnt > len(self.cart):
-            cap = 2 * (self.nc + cnt)
+        while True:  # images written straight into the cloud, grown when full
+            nc = _k.images_into(xyz, i0, self.rot, self.trans, self.margin, self.m, self.minv,
+                                self.cart, self.atom, self.kn, self.nc)
+            if nc >= 0:
+                self.nc = nc
+                return
+            cap = 2 * len(self.cart) + 27 * self.z * k
             for name in ("cart", "atom", "kn"):
                 old = getattr(self, name)
                 new = np.zeros((cap,) + old.shape[1:], dtype=old.dtype)
                 new[:self.nc] = old[:self.nc]
                 setattr(self, name, new)
-        sl = slice(self.nc, self.nc + cnt)
-        self.cart[sl] = cart
-        self.atom[sl] = i0 + row
-        self.kn[sl] = kn
-        self.nc += cnt
 
     def gather(self, centre: np.ndarray, radius: float, alive: np.ndarray):
         """Images of alive atoms within ``radius`` (<= reach) of ``centre`` (Cartesian,
@@ -309,11 +309,31 @@ class Packing:
 
 @dataclass(frozen=True)
 class CompressOptions:
-    """Rigid-body compression after growth (:func:`compress_packing`): cell edges
-    shrink by ``step`` (halved when a step cannot be relaxed, down to ``min_step``),
-    each shrink followed by up to ``relax_trials`` Monte Carlo moves (rotations of
-    ``rot_sigma`` rad, shifts of ``shift_sigma`` Å)."""
+    """Squeezing after growth (:func:`compress_packing`), in two stages.
 
+    1. ``relax``: variable-cell relaxation under pressure
+       (:func:`phasenet.synth_relax.relax_cell`): rigid molecules and the cell shape
+       settle together under ``pressure`` (Å⁻¹: P·V against the quarter-squared
+       overlaps) for ``press_steps`` steepest-descent steps with the contact limits
+       raised by ``press_margin`` Å, then up to ``release_steps`` steps at zero
+       pressure with limits + ``release_margin`` until no contact is closer than its
+       limit + ``eps``. Edges stay in [min_edge, ``max_edge``], V/(abc) >=
+       ``min_shape``. A relaxation that does not end clean is dropped.
+    2. if the relaxation is off or was dropped, and ``squeeze``: edge by edge
+       (:func:`phasenet.synth_kernels.compress`): cell edges shrink by
+       ``step`` (halved when a step cannot be relaxed, down to ``min_step``), each
+       shrink followed by up to ``relax_trials`` Monte Carlo moves (rotations of
+       ``rot_sigma`` rad, shifts of ``shift_sigma`` Å)."""
+
+    relax: bool = True
+    pressure: float = 0.01
+    press_steps: int = 60
+    release_steps: int = 60
+    press_margin: float = 0.1
+    release_margin: float = 0.05
+    max_edge: float = 15.0
+    min_shape: float = 0.75
+    squeeze: bool = True  # stage 2, when stage 1 is off or was dropped
     step: float = 0.08
     min_step: float = 0.01  # coarse: finer steps gain little density for much CPU time
     relax_trials: int = 30
@@ -325,21 +345,70 @@ class CompressOptions:
     expand_step: float = 0.01  # isotropic growth of a cell whose overlaps cannot be relaxed
 
 
+def _molecule_rows(packing: Packing):
+    """(starts, ends) of the molecules of the asymmetric unit (contiguous rows)."""
+    ids = packing.mol_id if packing.mol_id is not None else np.zeros(len(packing.molecule), dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    return ids, starts, np.r_[starts[1:], len(ids)]
+
+
+def cell_parameters(m: np.ndarray) -> tuple[float, float, float, float, float, float]:
+    """(a, b, c, alpha, beta, gamma) of the cell whose columns are the edge vectors ``m``."""
+    e = np.linalg.norm(m, axis=0)
+
+    def angle(i, j):
+        return float(np.degrees(np.arccos(np.clip(m[:, i] @ m[:, j] / (e[i] * e[j]), -1.0, 1.0))))
+
+    return (*map(float, e), angle(1, 2), angle(0, 2), angle(0, 1))
+
+
+def relax_packing(packing: Packing, spec: SpaceGroupSpec, min_volume: float,
+                  options: PackingOptions | None = None,
+                  compress: CompressOptions | None = None) -> Packing | None:
+    """Stage 1 of :func:`compress_packing`: the packing relaxed with its cell under
+    pressure (:func:`phasenet.synth_relax.relax_cell`), or None if overlaps were left."""
+    from phasenet.synth_relax import STRAIN_MASKS, relax_cell
+
+    options = options or PackingOptions()
+    c = compress or CompressOptions()
+    mol = packing.molecule
+    m0 = np.array(gemmi.UnitCell(*packing.cell).orth.mat.tolist())
+    ops = group_ops(spec.hm)
+    ids, starts, ends = _molecule_rows(packing)
+    rad = np.array([vdw_radius(str(e)) for e in mol.element])
+    m, new, u, _ = relax_cell(packing.frac @ m0.T, starts, ends, m0, ops.rot, ops.trans, rad,
+                              mol.element == "H", options.contact_tolerance,
+                              options.h_contact_tolerance, STRAIN_MASKS[spec.system], c.pressure,
+                              c.press_steps, c.release_steps, c.eps, options.min_edge, c.max_edge,
+                              c.min_shape, float(min_volume), 1.5, c.release_margin, c.press_margin)
+    if u > 0.0:
+        return None
+    frac = new @ np.linalg.inv(m).T
+    return Packing(cell_parameters(m), type(mol)(mol.element, new, mol.bonds),
+                   frac - np.floor(frac.mean(axis=0)), float(abs(np.linalg.det(m))), ids)
+
+
 def compress_packing(rng, packing: Packing, spec: SpaceGroupSpec, min_volume: float,
                      options: PackingOptions | None = None,
                      compress: CompressOptions | None = None) -> Packing:
-    """The packing squeezed as far as rigid molecules allow (never below ``min_volume``):
-    see :func:`phasenet.synth_kernels.compress`. Random moves are drawn from ``rng``."""
+    """The packing squeezed (never below ``min_volume``): relaxed with its cell under
+    pressure (:func:`relax_packing`, if ``compress.relax``), or, if that is off or
+    left overlaps, edge by edge (:func:`phasenet.synth_kernels.compress`, if
+    ``compress.squeeze``). Random moves are drawn from ``rng``."""
     options = options or PackingOptions()
     c = compress or CompressOptions()
+    if c.relax:
+        relaxed = relax_packing(packing, spec, min_volume, options, c)
+        if relaxed is not None:
+            return relaxed
+    if not c.squeeze:
+        return packing
     mol = packing.molecule
     uc = gemmi.UnitCell(*packing.cell)
     m0 = np.array(uc.orth.mat.tolist())
     ops = group_ops(spec.hm)
     xyz = packing.frac @ m0.T
-    ids = packing.mol_id if packing.mol_id is not None else np.zeros(len(mol), dtype=np.int64)
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-    ends = np.r_[starts[1:], len(ids)]
+    ids, starts, ends = _molecule_rows(packing)
     rad = np.array([vdw_radius(str(e)) for e in mol.element])
     is_h = mol.element == "H"
     axes = rng.integers(0, 4, 64)
