@@ -102,32 +102,93 @@ def _history_csv(rows: list[dict]) -> str:
     return df[cols + [c for c in df.columns if c not in cols]].to_csv(index=False)
 
 
-def _distribution(cfg: TrainConfig, backend: str):
-    """(context manager for model creation, number of replicas) for hardware.distribution."""
-    mode = cfg.hardware.distribution
+def _devices(backend: str):
+    """(GPUs, CPUs) this process sees, as the backend names them (TF: logical devices)."""
     if backend == "jax":
         import jax
 
-        gpus = [d for d in jax.devices() if d.platform == "gpu"]
-    else:
-        import tensorflow as tf
+        gpus = [d for d in jax.devices() if d.platform in ("gpu", "cuda", "rocm")]
+        return gpus, jax.devices("cpu")
+    import tensorflow as tf
 
-        gpus = tf.config.list_physical_devices("GPU")
+    return tf.config.list_logical_devices("GPU"), tf.config.list_logical_devices("CPU")
+
+
+def _distribution(cfg: TrainConfig, backend: str):
+    """(context for model creation, replicas, description, undo) for hardware.distribution.
+
+    ``auto``: data parallel over all GPUs when there are several, else one device (a CPU
+    run stays on one device). ``data_parallel``: every GPU, or, without GPUs, every CPU
+    device the backend sees (one, unless several were made: XLA_FLAGS=
+    --xla_force_host_platform_device_count=N for JAX, logical devices for TF). The batch
+    of ``run.batch_size`` structures is the global batch, split evenly over the replicas.
+    ``undo()`` puts back the global Keras distribution (JAX) the run replaced.
+    """
+    mode = cfg.hardware.distribution
+    gpus, cpus = _devices(backend)
     if mode == "auto":
         mode = "data_parallel" if len(gpus) > 1 else "none"
     if mode == "none":
-        return contextlib.nullcontext(), 1, "none"
+        return contextlib.nullcontext(), 1, "one device", lambda: None
+    devices = gpus or cpus
+    kind = "GPU" if gpus else "CPU"
     if backend == "jax":
         import keras
 
-        devices = keras.distribution.list_devices("gpu" if gpus else "cpu")
-        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
-        return contextlib.nullcontext(), len(devices), f"jax DataParallel over {len(devices)} device(s)"
+        previous = keras.distribution.distribution()
+        names = keras.distribution.list_devices("gpu" if gpus else "cpu")
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=names))
+        return (contextlib.nullcontext(), len(names),
+                f"jax DataParallel over {len(names)} {kind} device(s)",
+                lambda: keras.distribution.set_distribution(previous))
     import tensorflow as tf
 
-    strategy = tf.distribute.MirroredStrategy() if gpus else tf.distribute.MirroredStrategy(["/cpu:0"])
-    return strategy.scope(), strategy.num_replicas_in_sync, \
-        f"tf MirroredStrategy over {strategy.num_replicas_in_sync} replica(s)"
+    strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
+    n = strategy.num_replicas_in_sync
+    return strategy.scope(), n, f"tf MirroredStrategy over {n} {kind} replica(s)", lambda: None
+
+
+@contextlib.contextmanager
+def _hardware(cfg: TrainConfig, backend: str):
+    """Mixed precision policy and distribution for one run; the previous global ones after."""
+    import keras
+
+    policy = keras.mixed_precision.global_policy()
+    undo = None
+    try:
+        if cfg.hardware.mixed_precision:
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        scope, replicas, text, undo = _distribution(cfg, backend)
+        if cfg.run.batch_size % replicas:
+            raise ConfigError(f"run.batch_size = {cfg.run.batch_size} must be a multiple of the "
+                              f"{replicas} data-parallel replicas (it is the global batch, split "
+                              "evenly over them); change run.batch_size or hardware.distribution")
+        yield scope, replicas, text
+    finally:
+        if undo is not None:
+            undo()
+        keras.mixed_precision.set_global_policy(policy)
+
+
+def _whole_replicas(rows, replicas: int, split: str, batch_size: int):
+    """Rows of ``split`` such that every batch splits evenly over the replicas.
+
+    Data parallel needs equal shares: JAX shards each batch with the layout Keras takes
+    from the first batch of a pass, and TF's MirroredStrategy fails on a last batch of
+    8 + 7 rows (keras 3.15, TF 2.21). Shuffled training uses whole batches only; a split
+    whose last batch does not divide loses its last (< replicas) structures, with a note.
+    """
+    n = len(rows)
+    last = n % batch_size if n >= batch_size else n
+    if split == "train" and n >= batch_size:
+        return rows  # shuffled training uses whole batches only
+    cut = last % replicas
+    if cut:
+        print(f"[train] note: data parallel over {replicas} replicas: the {split} split's last "
+              f"batch ({last} structures) is cut to {last - cut}; {n - cut} of {n} {split} "
+              "structures used", file=sys.stderr)
+        return rows[:n - cut]
+    return rows
 
 
 def _compile(model, cfg: TrainConfig):
@@ -294,24 +355,28 @@ def train(cfg: TrainConfig, *, data=None, out=None, resume: bool = False, epochs
     out.mkdir(parents=True, exist_ok=True)
     _write_atomic(out / "config.toml", cfg.to_toml(with_sweep=False))
 
-    import keras
-
     from phasenet.training import losses  # noqa: F401  (registers the custom objects)
-    from phasenet.training.data import BatchSource, keras_dataset
-    from phasenet.training.models import build_model, export_model
 
     if backend == "tensorflow" and cfg.run.deterministic:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
     _seed_everything(cfg.run.seed, backend)
-    if cfg.hardware.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    scope, replicas, dist_text = _distribution(cfg, backend)
-    if cfg.run.batch_size % replicas:
-        raise ConfigError(f"run.batch_size = {cfg.run.batch_size} must be a multiple of the "
-                          f"{replicas} data-parallel replicas")
+    with _hardware(cfg, backend) as (scope, replicas, dist_text):
+        return _fit(cfg, cfg_dict, backend, path, train_rows, test_rows, out, state, latest,
+                    scope, replicas, dist_text, verbose)
 
+
+def _fit(cfg, cfg_dict, backend, path, train_rows, test_rows, out, state, latest, scope,
+         replicas, dist_text, verbose) -> RunResult:
+    import keras
+
+    from phasenet.training.data import BatchSource, keras_dataset
+    from phasenet.training.models import build_model, export_model
+
+    if replicas > 1:
+        train_rows = _whole_replicas(train_rows, replicas, "train", cfg.run.batch_size)
+        test_rows = _whole_replicas(test_rows, replicas, "test", cfg.run.batch_size)
     train_src = BatchSource(path, cfg, "train", shuffle=True, rows=train_rows)
     test_src = BatchSource(path, cfg, "test", shuffle=False, rows=test_rows)
     start_epoch = state["epoch"] if state else 0
@@ -351,7 +416,9 @@ def train(cfg: TrainConfig, *, data=None, out=None, resume: bool = False, epochs
             "cell_input": cfg.model.cell_input,
             "output": "sign_probability" if cfg.data.task == "sign" else "reconstruction",
             "backend": backend, "keras_version": keras.__version__, "phasenet_version": __version__,
-            "epochs": len(rows), "dataset": str(path)}
+            "epochs": len(rows), "dataset": str(path),
+            "hardware": {"distribution": dist_text, "replicas": replicas,
+                         "mixed_precision": cfg.hardware.mixed_precision}}
     _write_atomic(out / MODEL_INFO, json.dumps(info, indent=1))
     if cfg.output.plots:
         from phasenet.training import plots
