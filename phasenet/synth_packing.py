@@ -328,11 +328,12 @@ class CompressOptions:
     relax: bool = True
     pressure: float = 0.01
     press_steps: int = 60
-    release_steps: int = 60
+    release_steps: int = 120  # stops as soon as clean (most take 20-40)
     press_margin: float = 0.1
     release_margin: float = 0.05
     max_edge: float = 15.0
     min_shape: float = 0.75
+    skin: float = 1.5  # Å: pair lists hold pairs up to limit + skin
     squeeze: bool = True  # stage 2, when stage 1 is off or was dropped
     step: float = 0.08
     min_step: float = 0.01  # coarse: finer steps gain little density for much CPU time
@@ -380,7 +381,7 @@ def relax_packing(packing: Packing, spec: SpaceGroupSpec, min_volume: float,
                               mol.element == "H", options.contact_tolerance,
                               options.h_contact_tolerance, STRAIN_MASKS[spec.system], c.pressure,
                               c.press_steps, c.release_steps, c.eps, options.min_edge, c.max_edge,
-                              c.min_shape, float(min_volume), 1.5, c.release_margin, c.press_margin)
+                              c.min_shape, float(min_volume), c.skin, c.release_margin, c.press_margin)
     if u > 0.0:
         return None
     frac = new @ np.linalg.inv(m).T

@@ -74,6 +74,12 @@ def _pair_list(cf, body, mol_of, starts, ends, radm, m, rot, trans, qk, rad, is_
         nmax = max(nmax, ends[b] - starts[b])
     lst = np.empty(nmax, dtype=np.int64)
     lpos = np.empty((nmax, 3))
+    n = body.shape[0]
+    qb = np.empty((Z, n, 3))  # rotated bodies Q_k body_j
+    for k in range(Z):
+        for j in range(n):
+            for a in range(3):
+                qb[k, j, a] = qk[k, a, 0] * body[j, 0] + qk[k, a, 1] * body[j, 1] + qk[k, a, 2] * body[j, 2]
     for b in range(M):
         for a in range(3):
             ca[a] = m[a, 0] * cf[b, 0] + m[a, 1] * cf[b, 1] + m[a, 2] * cf[b, 2]
@@ -103,9 +109,9 @@ def _pair_list(cf, body, mol_of, starts, ends, radm, m, rot, trans, qk, rad, is_
                             nl = 0
                             ra = radm[b] + cut
                             for j in range(starts[c], ends[c]):
-                                qx = cb[0] + qk[k, 0, 0] * body[j, 0] + qk[k, 0, 1] * body[j, 1] + qk[k, 0, 2] * body[j, 2]
-                                qy = cb[1] + qk[k, 1, 0] * body[j, 0] + qk[k, 1, 1] * body[j, 1] + qk[k, 1, 2] * body[j, 2]
-                                qz = cb[2] + qk[k, 2, 0] * body[j, 0] + qk[k, 2, 1] * body[j, 1] + qk[k, 2, 2] * body[j, 2]
+                                qx = cb[0] + qb[k, j, 0]
+                                qy = cb[1] + qb[k, j, 1]
+                                qz = cb[2] + qb[k, j, 2]
                                 ex, ey, ez = qx - ca[0], qy - ca[1], qz - ca[2]
                                 if ex * ex + ey * ey + ez * ez < ra * ra:
                                     lst[nl] = j
@@ -163,21 +169,35 @@ def _energy(cf, body, mol_of, m, rot, trans, qk, pi, pj, pk, pn, plim, add, forc
         torque[:] = 0.0
         stress[:] = 0.0
         curv[:] = 0.0
-    ci = np.empty(3)
-    cj = np.empty(3)
-    g = np.empty(3)
+    M = cf.shape[0]
+    Z = rot.shape[0]
+    # per evaluation: fractional centroid differences cf_b - (R_k cf_c + t_k) and the
+    # rotated bodies Q_k body_j, so that a pair costs a few flops
+    dfr = np.empty((M, M, Z, 3))
+    for b in range(M):
+        for c in range(M):
+            for k in range(Z):
+                for a in range(3):
+                    dfr[b, c, k, a] = cf[b, a] - (rot[k, a, 0] * cf[c, 0] + rot[k, a, 1] * cf[c, 1]
+                                                  + rot[k, a, 2] * cf[c, 2] + trans[k, a])
+    n = body.shape[0]
+    qb = np.empty((Z, n, 3))
+    for k in range(Z):
+        for j in range(n):
+            for a in range(3):
+                qb[k, j, a] = qk[k, a, 0] * body[j, 0] + qk[k, a, 1] * body[j, 1] + qk[k, a, 2] * body[j, 2]
     for p in range(pi.shape[0]):
         i, j, k = pi[p], pj[p], pk[p]
         b, c = mol_of[i], mol_of[j]
-        for a in range(3):
-            g[a] = (rot[k, a, 0] * cf[c, 0] + rot[k, a, 1] * cf[c, 1] + rot[k, a, 2] * cf[c, 2]
-                    + trans[k, a] + pn[p, a])
-        for a in range(3):
-            ci[a] = m[a, 0] * cf[b, 0] + m[a, 1] * cf[b, 1] + m[a, 2] * cf[b, 2]
-            cj[a] = m[a, 0] * g[0] + m[a, 1] * g[1] + m[a, 2] * g[2]
-        rx = ci[0] + body[i, 0] - cj[0] - (qk[k, 0, 0] * body[j, 0] + qk[k, 0, 1] * body[j, 1] + qk[k, 0, 2] * body[j, 2])
-        ry = ci[1] + body[i, 1] - cj[1] - (qk[k, 1, 0] * body[j, 0] + qk[k, 1, 1] * body[j, 1] + qk[k, 1, 2] * body[j, 2])
-        rz = ci[2] + body[i, 2] - cj[2] - (qk[k, 2, 0] * body[j, 0] + qk[k, 2, 1] * body[j, 1] + qk[k, 2, 2] * body[j, 2])
+        fx = dfr[b, c, k, 0] - pn[p, 0]
+        fy = dfr[b, c, k, 1] - pn[p, 1]
+        fz = dfr[b, c, k, 2] - pn[p, 2]
+        dcx = m[0, 0] * fx + m[0, 1] * fy + m[0, 2] * fz  # C_i - C_j' (Cartesian)
+        dcy = m[1, 0] * fx + m[1, 1] * fy + m[1, 2] * fz
+        dcz = m[2, 0] * fx + m[2, 1] * fy + m[2, 2] * fz
+        rx = dcx + body[i, 0] - qb[k, j, 0]
+        ry = dcy + body[i, 1] - qb[k, j, 1]
+        rz = dcz + body[i, 2] - qb[k, j, 2]
         d2 = rx * rx + ry * ry + rz * rz
         lim = plim[p] + add
         if d2 >= lim * lim:
@@ -195,7 +215,6 @@ def _energy(cf, body, mol_of, m, rot, trans, qk, pi, pj, pk, pn, plim, add, forc
             torque[b, 0] += by * fz - bz * fy
             torque[b, 1] += bz * fx - bx * fz
             torque[b, 2] += bx * fy - by * fx
-            dcx, dcy, dcz = ci[0] - cj[0], ci[1] - cj[1], ci[2] - cj[2]
             curv[b, 0] += 1.0
             curv[b, 1] += bx * bx + by * by + bz * bz
             curv[-1, 0] += 0.5 * (dcx * dcx + dcy * dcy + dcz * dcz)
@@ -210,6 +229,39 @@ def _energy(cf, body, mol_of, m, rot, trans, qk, pi, pj, pk, pn, plim, add, forc
             stress[2, 1] += h * rz * dcy
             stress[2, 2] += h * rz * dcz
     return U
+
+
+@njit(cache=True)
+def _det3(m):
+    return (m[0, 0] * (m[1, 1] * m[2, 2] - m[1, 2] * m[2, 1])
+            - m[0, 1] * (m[1, 0] * m[2, 2] - m[1, 2] * m[2, 0])
+            + m[0, 2] * (m[1, 0] * m[2, 1] - m[1, 1] * m[2, 0]))
+
+
+@njit(cache=True)
+def _inv3(m):
+    """Inverse of a 3x3 matrix (closed form: no LAPACK call in the inner loop)."""
+    d = _det3(m)
+    r = np.empty((3, 3))
+    r[0, 0] = (m[1, 1] * m[2, 2] - m[1, 2] * m[2, 1]) / d
+    r[0, 1] = (m[0, 2] * m[2, 1] - m[0, 1] * m[2, 2]) / d
+    r[0, 2] = (m[0, 1] * m[1, 2] - m[0, 2] * m[1, 1]) / d
+    r[1, 0] = (m[1, 2] * m[2, 0] - m[1, 0] * m[2, 2]) / d
+    r[1, 1] = (m[0, 0] * m[2, 2] - m[0, 2] * m[2, 0]) / d
+    r[1, 2] = (m[0, 2] * m[1, 0] - m[0, 0] * m[1, 2]) / d
+    r[2, 0] = (m[1, 0] * m[2, 1] - m[1, 1] * m[2, 0]) / d
+    r[2, 1] = (m[0, 1] * m[2, 0] - m[0, 0] * m[2, 1]) / d
+    r[2, 2] = (m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0]) / d
+    return r
+
+
+@njit(cache=True)
+def _matmul3(a, b):
+    r = np.empty((3, 3))
+    for i in range(3):
+        for j in range(3):
+            r[i, j] = a[i, 0] * b[0, j] + a[i, 1] * b[1, j] + a[i, 2] * b[2, j]
+    return r
 
 
 @njit(cache=True)
@@ -243,7 +295,7 @@ def _cell_ok(m, m_prev, min_edge, max_edge, min_shape):
         if e < min_edge or e > max(max_edge, e0):
             return False
         prod *= e
-    return abs(np.linalg.det(m)) >= min_shape * prod
+    return abs(_det3(m)) >= min_shape * prod
 
 
 @njit(cache=True)
@@ -289,6 +341,8 @@ def relax_cell(xyz, starts, ends, m0, rot, trans, rad, is_h, tol, htol, strain_m
     s2 = np.empty((3, 3))
     curv = np.zeros((M + 1, 2))
     curv2 = np.zeros((M + 1, 2))
+    cfn = np.empty((M, 3))  # trial state
+    bodyn = np.empty((n, 3))
     rlen = radm.max() * 2.0 + 2.0 * rad.max() + skin  # reach of a strain on pair vectors
     pi, pj, pk, pn, plim = _pair_list(cf, body, mol_of, starts, ends, radm, m, rot, trans, qk, rad,
                                       is_h, tol, htol, skin)
@@ -309,7 +363,7 @@ def relax_cell(xyz, starts, ends, m0, rot, trans, rad, is_h, tol, htol, strain_m
             counts[2] += 1
         counts[0] += 1
         counts[1] += 1
-        vol = abs(np.linalg.det(m))
+        vol = abs(_det3(m))
         U = _energy(cf, body, mol_of, m, rot, trans, qk, pi, pj, pk, pn, plim, add, force, torque,
                     stress, curv, True)
         if not press and _energy(cf, body, mol_of, m, rot, trans, qk, pi, pj, pk, pn, plim, eps, f2,
@@ -356,27 +410,32 @@ def relax_cell(xyz, starts, ends, m0, rot, trans, rad, is_h, tol, htol, strain_m
             for a in range(3):
                 for c in range(3):
                     de[a, c] += eps_dir[a, c] * s
-            mnew = de @ m
-            vnew = abs(np.linalg.det(mnew))
+            mnew = _matmul3(de, m)
+            vnew = abs(_det3(mnew))
             if not _cell_ok(mnew, m, min_edge, max_edge, min_shape) or vnew < min_volume:
                 step *= 0.5
                 continue
-            minvn = np.linalg.inv(mnew)
-            cfn = cf.copy()
-            bodyn = body.copy()
+            minvn = _inv3(mnew)
             for b in range(M):
                 # centroid: follows the strain (fixed fractional) plus the shift
-                cfn[b] = cf[b] + minvn @ (sh_dir[b] * s)
+                for a in range(3):
+                    cfn[b, a] = cf[b, a] + s * (minvn[a, 0] * sh_dir[b, 0] + minvn[a, 1] * sh_dir[b, 1]
+                                                + minvn[a, 2] * sh_dir[b, 2])
                 tn = np.sqrt(rt_dir[b, 0] ** 2 + rt_dir[b, 1] ** 2 + rt_dir[b, 2] ** 2)
                 if tn > 0.0:
                     r = _rotation(rt_dir[b, 0], rt_dir[b, 1], rt_dir[b, 2], s * tn)
-                    for j in range(starts[b], ends[b]):
-                        bodyn[j] = r @ body[j]
+                else:
+                    r = np.eye(3)
+                for j in range(starts[b], ends[b]):
+                    for a in range(3):
+                        bodyn[j, a] = r[a, 0] * body[j, 0] + r[a, 1] * body[j, 1] + r[a, 2] * body[j, 2]
             counts[1] += 1
             Un = _energy(cfn, bodyn, mol_of, mnew, rot, trans, qk, pi, pj, pk, pn, plim, add, f2, t2,
                          s2, curv2, False)
             if Un + P * vnew < H:
-                m, cf, body = mnew, cfn, bodyn
+                m = mnew
+                cf, cfn = cfn, cf  # swap buffers: the trial state becomes the current one
+                body, bodyn = bodyn, body
                 moved += dmax * f
                 U = Un
                 step = min(step * 1.3, 4.0)
