@@ -1,9 +1,13 @@
 """Compiled (numba) inner loops of the synthetic-structure generator.
 
-Contact tests of candidate fragments against the image cloud of a cell
-(:class:`phasenet.synth_packing.CellEnv`), the images themselves, the closing of
-blocked growth sites, and the rigid-body compression of a grown crystal
-(:func:`compress`). Nothing here draws random numbers: the callers pass draws made
+Growth: fragment coordinates (:func:`star_xyz`, :func:`orient`, :func:`rigid`), the
+bond graph (:func:`link`, :func:`unlink`), one call per placement that tests the
+candidate torsions of a fragment against the molecule and the image cloud of the cell
+(:func:`first_free`, through :func:`cloud_ok` and :func:`own_ok`;
+:class:`phasenet.synth_packing.CellEnv`), the images themselves (:func:`images_into`)
+and the closing of blocked growth sites (:func:`close_sites`). Squeezing: the
+edge-by-edge rigid-body compression of a grown crystal (:func:`compress`; the
+variable-cell relaxation is :mod:`phasenet.synth_relax`). Nothing here draws random numbers: the callers pass draws made
 with the structure's own ``numpy.random.Generator``, so results depend only on
 (seed, index). :func:`warm_up` compiles everything (or loads numba's cache) once,
 in the parent before a worker pool forks.

@@ -18,8 +18,9 @@ replaced); holes it cannot reach can then take small extra molecules (Z' > 1).
 :class:`CellEnv` keeps the images as a flat point cloud covering the cell plus
 the reach of a contact; the checks run in compiled kernels
 (:mod:`phasenet.synth_kernels`). :func:`compress_packing` squeezes a grown crystal
-(rigid molecules, Monte Carlo relaxation), and ``grow_in_cell(..., compress=...,
-rounds=...)`` alternates growth and squeezing.
+(rigid molecules and the cell relaxed together under pressure,
+:mod:`phasenet.synth_relax`; edge-by-edge Monte Carlo squeezing as the fallback), and
+``grow_in_cell(..., compress=..., rounds=...)`` alternates growth and squeezing.
 """
 
 from __future__ import annotations
@@ -243,57 +244,6 @@ class CellEnv:
                 new = np.zeros((cap,) + old.shape[1:], dtype=old.dtype)
                 new[:self.nc] = old[:self.nc]
                 setattr(self, name, new)
-
-    def gather(self, centre: np.ndarray, radius: float, alive: np.ndarray):
-        """Images of alive atoms within ``radius`` (<= reach) of ``centre`` (Cartesian,
-        molecule frame): positions (K, 3), atom index (K,), identity flag (K,)."""
-        fc = self.minv @ centre
-        w = np.floor(fc)
-        cw = centre - self.m @ w
-        diff = self.cart[:self.nc] - cw
-        near = np.flatnonzero(np.einsum("ij,ij->i", diff, diff) < radius * radius)
-        j = self.atom[near]
-        keep = alive[j]
-        near, j = near[keep], j[keep]
-        kn = self.kn[near]
-        ident = (kn[:, 0] == 0) & ~np.any(kn[:, 1:] + w, axis=1)
-        return diff[near] + centre, j, ident
-
-    def own_images(self, centre: np.ndarray, radius: float):
-        """(k, n) pairs through which a fragment within ``radius`` of ``centre`` can
-        touch its own images: (M, 3, 3) rotations and (M, 3) translations."""
-        fc = self.minv @ centre
-        d = fc - (self.rot @ fc + self.trans)  # (Z, 3)
-        n0 = np.rint(d)
-        d -= n0
-        c = (d @ self.m.T)[:, None, :] - self.shifts_cart
-        d2 = np.einsum("zsi,zsi->zs", c, c)
-        d2[0, 0] = np.inf
-        lim = 2 * radius + 4.0
-        kz, ks = np.nonzero(d2 < lim * lim)
-        return self.rot[kz], self.trans[kz] + n0[kz] + self.shifts[ks]
-
-    def own_images_ok(self, xyz: np.ndarray, rad: np.ndarray, is_h: np.ndarray, rots, trans) -> np.ndarray:
-        """(P,) candidates whose atoms (P, k, 3) keep clear of their own images
-        through the operations ``rots``, ``trans`` (from :meth:`own_images`)."""
-        f = xyz @ self.minv.T  # (P, k, 3)
-        im = np.einsum("mij,pkj->mpki", rots, f) + trans[:, None, None, :]
-        c = xyz[None, :, :, None, :] - (im @ self.m.T)[:, :, None, :, :]  # (M, P, ka, kb, 3)
-        d2 = np.einsum("...i,...i->...", c, c)
-        lim = rad[:, None] + rad[None, :] - np.where(is_h[:, None] | is_h[None, :], self.htol, self.tol)
-        return (d2 >= lim * lim).all(axis=(0, 2, 3))
-
-    def wrap(self, centre: np.ndarray):
-        """The lattice shift w (fractional) and the centre moved into the cell."""
-        w = np.floor(self.minv @ centre)
-        return w, centre - self.m @ w
-
-    def limits(self, rad, is_h, j, ident, intra):
-        """(k, K) contact limits of new atoms against gathered images ``j``; ``intra``
-        (k, K) holds the intramolecular limits used for identity images."""
-        hh = is_h[:, None] | self.is_h[j][None, :]
-        lim = rad[:, None] + self.rad[j][None, :] - np.where(hh, self.htol, self.tol)
-        return np.where(ident[None, :], intra, lim)
 
 
 @dataclass(frozen=True)
