@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from phasenet.reflections import canonical_hkl, origin_sign_flips
-from phasenet.training.config import TrainConfig
-from tests.training_helpers import make_dataset
+from tests.training_helpers import make_dataset, stream_config
 
 keras = pytest.importorskip("keras")
 
@@ -153,15 +152,7 @@ def dataset(tmp_path_factory):
     return make_dataset(tmp_path_factory.getbasetemp(), n=60)
 
 
-def _cfg(**data):
-    cfg = TrainConfig()
-    cfg.data.r2_max = 50
-    cfg.run.batch_size = 8
-    cfg.data.block_rows = 4
-    cfg.data.shuffle_buffer = 12
-    for k, v in data.items():
-        setattr(cfg.data, k, v)
-    return cfg
+_cfg = stream_config
 
 
 def test_stream_visits_every_row_once_per_epoch_in_a_seeded_order(dataset):

@@ -24,6 +24,27 @@ def make_dataset(folder: Path, n: int = 60, seed: int = 1, r2_max: int | None = 
     return out
 
 
+def stream_config(**keys):
+    """A small-batch config for the batch-stream tests (709 reflections, batch 8, blocks
+    of 4, windows of 12). ``seed``/``batch_size`` go to ``run``, ``cell_input`` to
+    ``model``, every other key to ``data``."""
+    from phasenet.training.config import TrainConfig
+
+    cfg = TrainConfig()
+    cfg.data.r2_max = 50
+    cfg.run.batch_size = 8
+    cfg.data.block_rows = 4
+    cfg.data.shuffle_buffer = 12
+    for k, v in keys.items():
+        if k in ("seed", "batch_size"):
+            setattr(cfg.run, k, v)
+        elif k == "cell_input":
+            cfg.model.cell_input = v
+        else:
+            setattr(cfg.data, k, v)
+    return cfg
+
+
 def run_phasenet(args, backend: str, cwd=None, timeout=240, **popen):
     """``python -m phasenet.cli ARGS`` in a fresh process with KERAS_BACKEND=backend."""
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
