@@ -128,8 +128,9 @@ def _add_synth(sub):
     p.add_argument("--heavy-elements", default=",".join(d.heavy_elements),
                    help="comma-separated heavy elements (default %(default)s)")
     p.add_argument("--packing", choices=["dense", "fast"], default="dense",
-                   help="dense: grow and squeeze, ~20 Å³ per non-H atom like real organic crystals; "
-                   "fast: growth only, ~25 Å³, less CPU time (default %(default)s)")
+                   help="dense: grow, then relax with the cell under pressure, ~18 Å³ per non-H "
+                   "atom like real organic crystals; fast: growth only, ~25 Å³, about half the "
+                   "CPU time (default %(default)s)")
     p.add_argument("--cif-dir", default=None, help="also write every structure as a CIF file here")
     p.add_argument("--shard", default=None, metavar="I/N", help="generate only shard I of N of the run")
     _add_dataset_options(p, d, unit="structures")

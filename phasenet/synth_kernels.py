@@ -633,6 +633,16 @@ def star_xyz(p0, d, length, hyb, n_out, staggered, parent, nb, deg, axyz, slot_l
 
 
 @njit(cache=True)
+def _transform(r, local, shift):
+    """local (k, 3) rotated by r (3, 3), then shifted: r @ x + shift for every row."""
+    out = np.empty_like(local)
+    for j in range(local.shape[0]):
+        for i in range(3):
+            out[j, i] = r[i, 0] * local[j, 0] + r[i, 1] * local[j, 1] + r[i, 2] * local[j, 2] + shift[i]
+    return out
+
+
+@njit(cache=True)
 def orient(local, a, b, origin):
     """``local`` (k, 3) turned by the smallest rotation taking the unit vector ``a``
     onto the unit vector ``b`` (a half turn about a perpendicular if they are
@@ -652,11 +662,7 @@ def orient(local, a, b, origin):
     if ang != 0.0:
         k = np.array([[0.0, -kz, ky], [kz, 0.0, -kx], [-ky, kx, 0.0]])
         r = r + np.sin(ang) * k + (1.0 - np.cos(ang)) * (k @ k)
-    out = np.empty_like(local)
-    for j in range(local.shape[0]):
-        for i in range(3):
-            out[j, i] = r[i, 0] * local[j, 0] + r[i, 1] * local[j, 1] + r[i, 2] * local[j, 2] + origin[i]
-    return out
+    return _transform(r, local, origin)
 
 
 @njit(cache=True)
@@ -784,11 +790,7 @@ def rigid(local, q, shift):
     r[0, 0], r[0, 1], r[0, 2] = 1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)
     r[1, 0], r[1, 1], r[1, 2] = 2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)
     r[2, 0], r[2, 1], r[2, 2] = 2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)
-    out = np.empty_like(local)
-    for j in range(local.shape[0]):
-        for i in range(3):
-            out[j, i] = r[i, 0] * local[j, 0] + r[i, 1] * local[j, 1] + r[i, 2] * local[j, 2] + shift[i]
-    return out
+    return _transform(r, local, shift)
 
 
 @njit(cache=True)

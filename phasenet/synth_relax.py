@@ -38,6 +38,8 @@ import numpy as np
 from phasenet import _cctbx_first  # noqa: F401
 from numba import njit  # noqa: E402
 
+from phasenet.synth_kernels import _small_rotation as _rotation  # noqa: E402
+
 #: Allowed strain components (symmetric 3x3 masks) per crystal system, in the frame
 #: where b is along y and a, c lie in the xz plane for monoclinic cells (gemmi's).
 STRAIN_MASKS = {
@@ -261,25 +263,6 @@ def _matmul3(a, b):
     for i in range(3):
         for j in range(3):
             r[i, j] = a[i, 0] * b[0, j] + a[i, 1] * b[1, j] + a[i, 2] * b[2, j]
-    return r
-
-
-@njit(cache=True)
-def _rotation(ax, ay, az, angle):
-    n = np.sqrt(ax * ax + ay * ay + az * az) + 1e-12
-    ax, ay, az = ax / n, ay / n, az / n
-    c, s = np.cos(angle), np.sin(angle)
-    t = 1 - c
-    r = np.empty((3, 3))
-    r[0, 0] = c + ax * ax * t
-    r[0, 1] = ax * ay * t - az * s
-    r[0, 2] = ax * az * t + ay * s
-    r[1, 0] = ay * ax * t + az * s
-    r[1, 1] = c + ay * ay * t
-    r[1, 2] = ay * az * t - ax * s
-    r[2, 0] = az * ax * t - ay * s
-    r[2, 1] = az * ay * t + ax * s
-    r[2, 2] = c + az * az * t
     return r
 
 
