@@ -334,6 +334,10 @@ def relax_packing(packing: Packing, spec: SpaceGroupSpec, min_volume: float,
                               c.min_shape, float(min_volume), c.skin, c.release_margin, c.press_margin)
     if u > 0.0:
         return None
+    if spec.system == "monoclinic" and m[:, 0] @ m[:, 2] > 0.0:
+        # beta < 90: the conventional cell takes -a, -b (beta -> 180 - beta, still right-handed);
+        # fractional (x, y, z) -> (-x, -y, z) maps every b-unique monoclinic group onto itself
+        m = m * np.array([-1.0, -1.0, 1.0])[None, :]
     frac = new @ np.linalg.inv(m).T
     return Packing(cell_parameters(m), type(mol)(mol.element, new, mol.bonds),
                    frac - np.floor(frac.mean(axis=0)), float(abs(np.linalg.det(m))), ids)
