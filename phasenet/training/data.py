@@ -5,8 +5,8 @@ rows. Each epoch, a generator seeded by (seed, epoch) permutes the blocks, group
 them into windows of ``shuffle_buffer`` rows, and permutes the rows inside each
 window. A window is read chunk by chunk (the file has one chunk per structure, so
 nothing outside the window is decoded; ``read_rows_fast`` bypasses HDF5's filter
-pipeline and selection machinery, which cost more than the decompression); the next
-window is read in a background thread while the current one trains.
+pipeline and selection machinery, which cost more than the decompression), from a
+memory map where the layout allows (``ChunkMap``), into reused window buffers.
 
 With ``data.prefetch`` (the default), reading and batch assembly run in one reader
 *process* (multiprocessing, spawn context; with ``data.in_memory`` the rows are
@@ -628,7 +628,9 @@ class BatchSource:
         self._lock, self._io_lock = threading.Lock(), threading.Lock()
         self._orders, self._cache, self._pending, self._free = {}, {}, {}, {}
         self._buf_lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(1) if self.cfg.data.prefetch else None
+        # no window-prefetch thread in the reader process: it already works ahead through
+        # its ring of slots, and a second busy thread there competes with training
+        self._pool = None
         self.use_process = False
 
 
