@@ -68,7 +68,7 @@ class SynthOptions:
     # Å³ per non-H atom of the cell the molecule grows in (drawn uniformly per structure)
     grow_volume_per_atom: tuple[float, float] = (16.0, 30.0)
     # grow-and-squeeze rounds: the grown crystal is squeezed (rigid molecules: the cell
-    # relaxed with them under pressure, then edge by edge); with 2+ growth goes on in
+    # relaxed with them under pressure); with 2+ growth goes on in
     # the smaller cell and is squeezed again, ... 0: growth only. Presets: PACKINGS
     # ("dense", the default; "fast").
     compress_rounds: int = 1
@@ -140,7 +140,7 @@ class SynthOptions:
 
 #: Packing presets (``phasenet synth --packing``): ``SynthOptions(**PACKINGS[name], ...)``.
 #: "dense" (the defaults): grow in a cell of 16-30 Å³ per non-H atom, squeeze once
-#: (variable-cell relaxation under pressure, then edge by edge), accept 15-22 Å³
+#: (variable-cell relaxation under pressure), accept 15-22 Å³
 #: (mean ~18 Å³, like real organic crystals). "fast": growth only, accept 16-30 Å³
 #: (mean ~25 Å³, loose).
 DENSE = {"compress_rounds": 1, "volume_per_atom": (15.0, 22.0), "grow_volume_per_atom": (16.0, 30.0)}
@@ -148,8 +148,8 @@ FAST = {"compress_rounds": 0, "volume_per_atom": (16.0, 30.0), "grow_volume_per_
 PACKINGS = {"dense": DENSE, "fast": FAST}
 
 
-#: Squeezing for the hard cases (from the 3rd attempt at a structure): finer steps.
-HARD_COMPRESS = CompressOptions(step=0.04, min_step=0.004, patience=20)
+#: Squeezing for the hard cases (from the 3rd attempt at a structure): longer relaxation.
+HARD_COMPRESS = CompressOptions(press_steps=120, release_steps=240)
 
 
 def structure_name(seed: int, index: int) -> str:
@@ -209,7 +209,7 @@ def generate_structure(index: int, options: SynthOptions | None = None) -> Struc
             continue
         # hard cases (small molecules in groups with many operations jam loose): from the
         # 3rd attempt on, one more grow-and-squeeze round and up to 2 more while too loose,
-        # with finer squeezing steps
+        # with a longer relaxation
         hard = attempt >= 2 and o.compress_rounds > 0
         packing = grow_in_cell(rng, hi, spec, cell, mol_opts, pack_opts,
                                max_molecules=o.max_molecules,

@@ -19,7 +19,7 @@ replaced); holes it cannot reach can then take small extra molecules (Z' > 1).
 the reach of a contact; the checks run in compiled kernels
 (:mod:`phasenet.synth_kernels`). :func:`compress_packing` squeezes a grown crystal
 (rigid molecules and the cell relaxed together under pressure,
-:mod:`phasenet.synth_relax`; edge-by-edge Monte Carlo squeezing as the fallback), and
+:mod:`phasenet.synth_relax`), and
 ``grow_in_cell(..., compress=..., rounds=...)`` alternates growth and squeezing.
 """
 
@@ -259,23 +259,15 @@ class Packing:
 
 @dataclass(frozen=True)
 class CompressOptions:
-    """Squeezing after growth (:func:`compress_packing`), in two stages.
+    """Squeezing after growth (:func:`compress_packing`): variable-cell relaxation under
+    pressure (:func:`phasenet.synth_relax.relax_cell`). Rigid molecules and the cell
+    shape settle together under ``pressure`` (Å⁻¹: P·V against the quarter-squared
+    overlaps) for ``press_steps`` steepest-descent steps with the contact limits raised
+    by ``press_margin`` Å, then up to ``release_steps`` steps at zero pressure with the
+    limits + ``release_margin`` until no contact is closer than its limit + ``eps``.
+    Edges stay in [min_edge, ``max_edge``], V/(abc) >= ``min_shape``; pair lists hold
+    pairs up to limit + ``skin``. A relaxation that does not end clean is dropped."""
 
-    1. ``relax``: variable-cell relaxation under pressure
-       (:func:`phasenet.synth_relax.relax_cell`): rigid molecules and the cell shape
-       settle together under ``pressure`` (Å⁻¹: P·V against the quarter-squared
-       overlaps) for ``press_steps`` steepest-descent steps with the contact limits
-       raised by ``press_margin`` Å, then up to ``release_steps`` steps at zero
-       pressure with limits + ``release_margin`` until no contact is closer than its
-       limit + ``eps``. Edges stay in [min_edge, ``max_edge``], V/(abc) >=
-       ``min_shape``. A relaxation that does not end clean is dropped.
-    2. if the relaxation is off or was dropped, and ``squeeze``: edge by edge
-       (:func:`phasenet.synth_kernels.compress`): cell edges shrink by
-       ``step`` (halved when a step cannot be relaxed, down to ``min_step``), each
-       shrink followed by up to ``relax_trials`` Monte Carlo moves (rotations of
-       ``rot_sigma`` rad, shifts of ``shift_sigma`` Å)."""
-
-    relax: bool = True
     pressure: float = 0.01
     press_steps: int = 60
     release_steps: int = 120  # stops as soon as clean (most take 20-40)
@@ -283,17 +275,8 @@ class CompressOptions:
     release_margin: float = 0.05
     max_edge: float = 15.0
     min_shape: float = 0.75
-    skin: float = 1.5  # Å: pair lists hold pairs up to limit + skin
-    squeeze: bool = True  # stage 2, when stage 1 is off or was dropped
-    step: float = 0.08
-    min_step: float = 0.01  # coarse: finer steps gain little density for much CPU time
-    relax_trials: int = 30
-    rot_sigma: float = 0.06
-    shift_sigma: float = 0.12
+    skin: float = 1.5
     eps: float = 0.003  # Å kept clear above every contact limit
-    descent: bool = False  # steepest-descent moves (else random ones)
-    patience: int = 10  # a relaxation gives up after this many moves in a row that do not help
-    expand_step: float = 0.01  # isotropic growth of a cell whose overlaps cannot be relaxed
 
 
 def _molecule_rows(packing: Packing):
@@ -343,41 +326,13 @@ def relax_packing(packing: Packing, spec: SpaceGroupSpec, min_volume: float,
                    frac - np.floor(frac.mean(axis=0)), float(abs(np.linalg.det(m))), ids)
 
 
-def compress_packing(rng, packing: Packing, spec: SpaceGroupSpec, min_volume: float,
+def compress_packing(packing: Packing, spec: SpaceGroupSpec, min_volume: float,
                      options: PackingOptions | None = None,
                      compress: CompressOptions | None = None) -> Packing:
-    """The packing squeezed (never below ``min_volume``): relaxed with its cell under
-    pressure (:func:`relax_packing`, if ``compress.relax``), or, if that is off or
-    left overlaps, edge by edge (:func:`phasenet.synth_kernels.compress`, if
-    ``compress.squeeze``). Random moves are drawn from ``rng``."""
-    options = options or PackingOptions()
-    c = compress or CompressOptions()
-    if c.relax:
-        relaxed = relax_packing(packing, spec, min_volume, options, c)
-        if relaxed is not None:
-            return relaxed
-    if not c.squeeze:
-        return packing
-    mol = packing.molecule
-    uc = gemmi.UnitCell(*packing.cell)
-    m0 = np.array(uc.orth.mat.tolist())
-    ops = group_ops(spec.hm)
-    xyz = packing.frac @ m0.T
-    ids, starts, ends = _molecule_rows(packing)
-    rad = np.array([vdw_radius(str(e)) for e in mol.element])
-    is_h = mol.element == "H"
-    axes = rng.integers(0, 4, 64)
-    draws = np.concatenate([rng.random((512, 1)), rng.normal(size=(512, 7))], axis=1)
-    scale, new = _k.compress(xyz, starts, ends, m0, ops.rot, ops.trans, rad, is_h,
-                             options.contact_tolerance, options.h_contact_tolerance,
-                             options.min_edge, float(min_volume), axes, draws, c.step, c.min_step,
-                             c.relax_trials, c.rot_sigma, c.shift_sigma, c.eps, c.descent,
-                             c.expand_step, c.patience)
-    cell = (*(float(x) for x in np.array(packing.cell[:3]) * scale), *packing.cell[3:])
-    m = m0 * scale[None, :]
-    frac = new @ np.linalg.inv(m).T
-    mol = type(mol)(mol.element, new, mol.bonds)
-    return Packing(cell, mol, frac - np.floor(frac.mean(axis=0)), float(abs(np.linalg.det(m))), ids)
+    """The packing squeezed (never below ``min_volume``) by :func:`relax_packing`, or
+    unchanged where the relaxation left an overlap."""
+    relaxed = relax_packing(packing, spec, min_volume, options, compress)
+    return packing if relaxed is None else relaxed
 
 
 def grow_in_cell(rng, n_heavy: int, spec: SpaceGroupSpec, cell, molecule_options,
@@ -432,7 +387,7 @@ def grow_in_cell(rng, n_heavy: int, spec: SpaceGroupSpec, cell, molecule_options
         packing = Packing(env.cell, mol, frac - shift,
                           float(abs(np.linalg.det(env.m))), ids)
         if compress is not None:
-            packing = compress_packing(rng, packing, spec, min_volume_per_atom * z * mol.n_heavy,
+            packing = compress_packing(packing, spec, min_volume_per_atom * z * mol.n_heavy,
                                        options, compress)
     return packing
 

@@ -1,8 +1,7 @@
 """Variable-cell relaxation of rigid molecules under pressure (compiled with numba).
 
 Growth jams molecules in a loose packing, and shrinking the cell edge by edge with
-random rigid-body moves (:func:`phasenet.synth_kernels.compress`) stalls near
-21 Å³ per non-H atom. Real crystals are denser because the cell *shape* and the
+random rigid-body moves (an earlier release) stalled near 21 Å³ per non-H atom. Real crystals are denser because the cell *shape* and the
 molecules settle together. :func:`relax_cell` minimises
 
     H = U + P·V,   U = ¼ Σ_i Σ_j' max(0, lim_ij − d_ij')²
@@ -15,8 +14,9 @@ strains allowed by its crystal system (``strain_mask``: all six components in
 triclinic, xx, yy, zz, xz in monoclinic b-unique with b along y, the diagonal in
 orthorhombic), which keeps every symmetry operation exact. A pressure phase packs
 the molecules (overlaps up to a few tenths of an Å are allowed there), then a phase
-at P = 0 with the real limits (+ ``eps``) removes them; the caller checks the result
-with hard limits (:func:`phasenet.synth_kernels.compress` repairs what is left).
+at P = 0 with the limits raised by ``margin`` removes them; the returned U, from a
+fresh pair list with the limits + ``eps``, says whether any overlap is left (the
+caller then keeps the unrelaxed crystal).
 
 Steps are steepest descent with a backtracking step size on H (a step is kept only
 when H falls), so the result never depends on anything but the inputs. Pairs come
@@ -37,8 +37,6 @@ import numpy as np
 
 from phasenet import _cctbx_first  # noqa: F401
 from numba import njit  # noqa: E402
-
-from phasenet.synth_kernels import _small_rotation as _rotation  # noqa: E402
 
 #: Allowed strain components (symmetric 3x3 masks) per crystal system, in the frame
 #: where b is along y and a, c lie in the xz plane for monoclinic cells (gemmi's).
@@ -263,6 +261,26 @@ def _matmul3(a, b):
     for i in range(3):
         for j in range(3):
             r[i, j] = a[i, 0] * b[0, j] + a[i, 1] * b[1, j] + a[i, 2] * b[2, j]
+    return r
+
+
+@njit(cache=True)
+def _rotation(ax, ay, az, angle):
+    """Rotation by ``angle`` about the axis (ax, ay, az) (Rodrigues)."""
+    n = np.sqrt(ax * ax + ay * ay + az * az) + 1e-12
+    ax, ay, az = ax / n, ay / n, az / n
+    c, s = np.cos(angle), np.sin(angle)
+    t = 1 - c
+    r = np.empty((3, 3))
+    r[0, 0] = c + ax * ax * t
+    r[0, 1] = ax * ay * t - az * s
+    r[0, 2] = ax * az * t + ay * s
+    r[1, 0] = ay * ax * t + az * s
+    r[1, 1] = c + ay * ay * t
+    r[1, 2] = ay * az * t - ax * s
+    r[2, 0] = az * ax * t - ay * s
+    r[2, 1] = az * ay * t + ax * s
+    r[2, 2] = c + az * az * t
     return r
 
 
