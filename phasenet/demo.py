@@ -139,6 +139,10 @@ def step_evaluate(out: Path, limit: int = DEMO_EVAL_LIMIT, with_model: bool = Tr
     return _phasenet(*args) in (0, 1)   # 1: some tasks failed or timed out, reported in the CSV
 
 
+#: A file marking a folder as the demo's own (its files there may be replaced).
+MARKER = ".phasenet-demo"
+
+
 def run_demo(out: str | Path = "demo-output", n: int = 200, seed: int = 0, train: bool = True,
              evaluate: bool = True) -> int:
     """The main job on an embedded default: synthesise, build, check, train, evaluate, report."""
@@ -148,7 +152,13 @@ def run_demo(out: str | Path = "demo-output", n: int = 200, seed: int = 0, train
 
     t0 = time.perf_counter()
     out = Path(out)
+    # the demo replaces its own files: only in a new folder or one it made before
+    if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
+        print(f"[demo] {out} is not empty and was not made by the demo: choose another --out "
+              f"(nothing was written)", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("made by phasenet demo; its files here are replaced on every run\n")
     synth = step_synth(out, n, seed)
     built = step_build(out, seed)
     same = step_compare(out / "synth.h5", out / "built.h5")

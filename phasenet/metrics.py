@@ -394,8 +394,8 @@ _IMAGES = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (
 
 def min_distances(frac_a: np.ndarray, frac_b: np.ndarray, cell) -> np.ndarray:
     """For each row of ``frac_a``: the shortest distance (Å) to any row of ``frac_b``, lattice translations included."""
-    frac_a = np.atleast_2d(np.asarray(frac_a, dtype=float))
-    frac_b = np.atleast_2d(np.asarray(frac_b, dtype=float))
+    frac_a = np.asarray(frac_a, dtype=float).reshape(-1, 3)
+    frac_b = np.asarray(frac_b, dtype=float).reshape(-1, 3)
     if not len(frac_b):
         return np.full(len(frac_a), np.inf)
     uc = cell if isinstance(cell, gemmi.UnitCell) else gemmi.UnitCell(*[float(x) for x in cell])

@@ -86,6 +86,15 @@ def load_site(slurm_dir: Path, overrides: dict | None = None) -> dict[str, str]:
     return site
 
 
+def _site_int(site: dict, key: str, hint: str) -> int:
+    """An integer site setting, or a SlurmError naming the key."""
+    value = site.get(key) or 0
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise SlurmError(f"site setting {key}={value!r} must be an integer ({hint})") from None
+
+
 def sbatch_options(site: dict, kind: str) -> list[str]:
     """sbatch options for a job of ``kind`` (build, merge, train, sweep, evaluate)."""
     gpu_job = kind in ("train", "sweep")
@@ -107,11 +116,11 @@ def sbatch_options(site: dict, kind: str) -> list[str]:
     if site.get(f"TIME_{key}"):
         opts.append(f"--time={site[f'TIME_{key}']}")
     if gpu_job:
-        n = int(site.get("GPUS") or 0)
+        n = _site_int(site, "GPUS", "put the GPU type in GPU_TYPE")
         gpu_type = site.get("GPU_TYPE")
         opts.append(f"--gpus-per-node={gpu_type + ':' if gpu_type and n else ''}{n}")
     if site.get("SIGNAL_SECONDS"):
-        opts.append(f"--signal=B:USR1@{int(site['SIGNAL_SECONDS'])}")
+        opts.append(f"--signal=B:USR1@{_site_int(site, 'SIGNAL_SECONDS', 'seconds before the time limit')}")
     opts += shlex.split(site.get("SBATCH_EXTRA") or "")
     return opts
 

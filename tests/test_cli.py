@@ -125,3 +125,26 @@ def test_version(capsys):
         main(["--version"])
     assert e.value.code == 0
     assert capsys.readouterr().out.strip() == f"phasenet {phasenet.__version__}"
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, capsys):
+    """Review fixes: a non-integer Slurm site setting, a config path that is a folder,
+    a demo folder the demo did not make: clear messages, nothing written."""
+    from phasenet.demo import run_demo
+    from phasenet.metrics import min_distances
+    from phasenet.slurm import SlurmError, sbatch_options
+    from phasenet.training.config import ConfigError, load_config
+
+    with pytest.raises(SlurmError, match="GPUS='a100:2' must be an integer"):
+        sbatch_options({"GPUS": "a100:2"}, "train")
+    with pytest.raises(SlurmError, match="SIGNAL_SECONDS"):
+        sbatch_options({"SIGNAL_SECONDS": "2min"}, "build")
+    with pytest.raises(ConfigError, match="cannot read the config"):
+        load_config(tmp_path)
+    assert min_distances([], [[0.1, 0.2, 0.3]], (10, 10, 10, 90, 90, 90)).shape == (0,)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("precious")
+    assert run_demo(mine, n=4, train=False, evaluate=False) == 2
+    assert "not made by the demo" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]

@@ -312,6 +312,8 @@ def load_config(path: str | Path, overrides=()) -> TrainConfig:
         raise ConfigError(f"{path}: no such config file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except (OSError, UnicodeDecodeError) as exc:  # a folder, no permission, not UTF-8
+        raise ConfigError(f"{path}: cannot read the config ({exc})") from None
     cfg = config_from_dict(table, str(path))
     cfg = apply_overrides(cfg, overrides)
     if not cfg.run.name:

@@ -379,57 +379,59 @@ def _fit(cfg, cfg_dict, backend, path, train_rows, test_rows, out, state, latest
         test_rows = _whole_replicas(test_rows, replicas, "test", cfg.run.batch_size)
     train_src = BatchSource(path, cfg, "train", shuffle=True, rows=train_rows)
     test_src = BatchSource(path, cfg, "test", shuffle=False, rows=test_rows)
-    start_epoch = state["epoch"] if state else 0
-    rows = list(state["history"]) if state else []
-    with scope:
-        if state:
-            model = keras.saving.load_model(latest / "model.keras")
-            _restore_rng_states(model, state.get("rng_states", {}))
-        else:
-            model = _compile(build_model(cfg, train_src.n_reflections), cfg)
-    if verbose is None:
-        verbose = 1 if sys.stdout.isatty() else 2
-    print(f"[train] {cfg.run.name}: {cfg.data.task} model {model.name}, {model.count_params():,} "
-          f"parameters, backend {backend}, {dist_text}; {train_src.n} train / {test_src.n} test "
-          f"structures, {train_src.n_reflections} reflections; epochs {start_epoch + 1}..{cfg.run.epochs}"
-          + (f" (resumed from {latest.name})" if state else ""), flush=True)
-    t0 = [0.0]
-    callbacks = [_make_checkpointer(out, rows, cfg.output.keep_checkpoints, cfg_dict, t0)]
-    if cfg.output.tensorboard:
-        tb = _tensorboard(out)
-        if tb is not None:
-            callbacks.append(tb)
-    started = time.perf_counter()
-    if start_epoch < cfg.run.epochs:
-        model.fit(keras_dataset(train_src, start_batch=start_epoch * train_src.steps_per_epoch),
-                  validation_data=keras_dataset(test_src), epochs=cfg.run.epochs,
-                  initial_epoch=start_epoch, steps_per_epoch=train_src.steps_per_epoch,
-                  callbacks=callbacks, verbose=verbose, shuffle=False)
-    elapsed = time.perf_counter() - started
-    _write_atomic(out / "history.csv", _history_csv(rows))
-    model_path = out / "model.keras"
-    export_model(model, cfg.data.task).save(model_path)
-    from phasenet import __version__
+    try:  # the reader processes and files are released whatever happens (Ctrl-C too)
+        start_epoch = state["epoch"] if state else 0
+        rows = list(state["history"]) if state else []
+        with scope:
+            if state:
+                model = keras.saving.load_model(latest / "model.keras")
+                _restore_rng_states(model, state.get("rng_states", {}))
+            else:
+                model = _compile(build_model(cfg, train_src.n_reflections), cfg)
+        if verbose is None:
+            verbose = 1 if sys.stdout.isatty() else 2
+        print(f"[train] {cfg.run.name}: {cfg.data.task} model {model.name}, {model.count_params():,} "
+              f"parameters, backend {backend}, {dist_text}; {train_src.n} train / {test_src.n} test "
+              f"structures, {train_src.n_reflections} reflections; epochs {start_epoch + 1}..{cfg.run.epochs}"
+              + (f" (resumed from {latest.name})" if state else ""), flush=True)
+        t0 = [0.0]
+        callbacks = [_make_checkpointer(out, rows, cfg.output.keep_checkpoints, cfg_dict, t0)]
+        if cfg.output.tensorboard:
+            tb = _tensorboard(out)
+            if tb is not None:
+                callbacks.append(tb)
+        started = time.perf_counter()
+        if start_epoch < cfg.run.epochs:
+            model.fit(keras_dataset(train_src, start_batch=start_epoch * train_src.steps_per_epoch),
+                      validation_data=keras_dataset(test_src), epochs=cfg.run.epochs,
+                      initial_epoch=start_epoch, steps_per_epoch=train_src.steps_per_epoch,
+                      callbacks=callbacks, verbose=verbose, shuffle=False)
+        elapsed = time.perf_counter() - started
+        _write_atomic(out / "history.csv", _history_csv(rows))
+        model_path = out / "model.keras"
+        export_model(model, cfg.data.task).save(model_path)
+        from phasenet import __version__
 
-    info = {"task": cfg.data.task, "max_index": cfg.data.max_index, "r2_max": cfg.data.r2_max,
-            "n_reflections": train_src.n_reflections, "input_transform": cfg.data.input_transform,
-            "cell_input": cfg.model.cell_input,
-            "output": "sign_probability" if cfg.data.task == "sign" else "reconstruction",
-            "backend": backend, "keras_version": keras.__version__, "phasenet_version": __version__,
-            "epochs": len(rows), "dataset": str(path),
-            "hardware": {"distribution": dist_text, "replicas": replicas,
-                         "mixed_precision": cfg.hardware.mixed_precision}}
-    _write_atomic(out / MODEL_INFO, json.dumps(info, indent=1))
-    if cfg.output.plots:
-        from phasenet.training import plots
+        info = {"task": cfg.data.task, "max_index": cfg.data.max_index, "r2_max": cfg.data.r2_max,
+                "n_reflections": train_src.n_reflections, "input_transform": cfg.data.input_transform,
+                "cell_input": cfg.model.cell_input,
+                "output": "sign_probability" if cfg.data.task == "sign" else "reconstruction",
+                "backend": backend, "keras_version": keras.__version__, "phasenet_version": __version__,
+                "epochs": len(rows), "dataset": str(path),
+                "hardware": {"distribution": dist_text, "replicas": replicas,
+                             "mixed_precision": cfg.hardware.mixed_precision}}
+        _write_atomic(out / MODEL_INFO, json.dumps(info, indent=1))
+        if cfg.output.plots:
+            from phasenet.training import plots
 
-        plots.plot_history(out / "history.csv", out / "learning_curves.png", title=cfg.run.name)
-        if cfg.data.task == "autoencoder":
-            errors = plots.reflection_errors(model, test_src)
-            errors.to_csv(out / "reflection_errors.csv", index=False)
-            plots.plot_reflection_errors({cfg.run.name: errors}, out / "reflection_errors.png")
-    train_src.close()
-    test_src.close()
+            plots.plot_history(out / "history.csv", out / "learning_curves.png", title=cfg.run.name)
+            if cfg.data.task == "autoencoder":
+                errors = plots.reflection_errors(model, test_src)
+                errors.to_csv(out / "reflection_errors.csv", index=False)
+                plots.plot_reflection_errors({cfg.run.name: errors}, out / "reflection_errors.png")
+    finally:
+        train_src.close()
+        test_src.close()
     import pandas as pd
 
     return RunResult(out=out, history=pd.DataFrame(rows), epochs_done=len(rows),
