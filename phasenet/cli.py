@@ -146,7 +146,7 @@ def cmd_synth(args) -> int:
             lo, hi = (int(x) for x in args.atoms.split("-"))
         except ValueError:
             raise ValueError(f"--atoms must look like MIN-MAX (e.g. 8-50), got {args.atoms!r}") from None
-        kw = dict(PACKINGS[getattr(args, "packing", "dense")])
+        kw = dict(PACKINGS[args.packing])
         if args.space_groups:
             kw["space_groups"] = tuple(args.space_groups)
         options = SynthOptions(
@@ -412,26 +412,23 @@ def _add_slurm(sub):
     b.add_argument("--shards", type=int, required=True, help="number of shards (array tasks)")
     b.add_argument("--shard-dir", help="folder for the shards (default OUT.h5.shards)")
     b.set_defaults(func=cmd_slurm_sharded)
-    if "_add_synth" in globals():
-        s = _slurm_forwarding(ss, "synth", _add_synth, "synth", "sharded synthesis: job array + merge",
-                              "Submit `phasenet synth` as a job array of --shards tasks and a merge job "
-                              "(afterok). Writes OUT.h5.slurm.json for status and rerun-failed.")
-        s.add_argument("--shards", type=int, required=True, help="number of shards (array tasks)")
-        s.add_argument("--shard-dir", help="folder for the shards (default OUT.h5.shards)")
-        s.set_defaults(func=cmd_slurm_sharded)
-    if "_add_train" in globals():
-        t = _slurm_forwarding(ss, "train", _add_train, "train", "one training job (one node, GPUs)",
-                              "Submit `phasenet train` as one job on one node with --gpus GPUs. It "
-                              "requeues itself before its time limit and resumes from its checkpoint.")
-        t.set_defaults(func=cmd_slurm_train)
-        w = _slurm_forwarding(ss, "train", _add_train, "sweep", "a sweep as a job array over members",
-                              "Submit every member of a sweep config as one array task "
-                              "(`phasenet train CONFIG --member K`).")
-        w.set_defaults(func=cmd_slurm_train)
-    if "_add_evaluate" in globals():
-        e = _slurm_forwarding(ss, "evaluate", _add_evaluate, "evaluate", "an evaluation job",
-                              "Submit `phasenet evaluate` as one job.")
-        e.set_defaults(func=cmd_slurm_evaluate)
+    s = _slurm_forwarding(ss, "synth", _add_synth, "synth", "sharded synthesis: job array + merge",
+                          "Submit `phasenet synth` as a job array of --shards tasks and a merge job "
+                          "(afterok). Writes OUT.h5.slurm.json for status and rerun-failed.")
+    s.add_argument("--shards", type=int, required=True, help="number of shards (array tasks)")
+    s.add_argument("--shard-dir", help="folder for the shards (default OUT.h5.shards)")
+    s.set_defaults(func=cmd_slurm_sharded)
+    t = _slurm_forwarding(ss, "train", _add_train, "train", "one training job (one node, GPUs)",
+                          "Submit `phasenet train` as one job on one node with --gpus GPUs. It "
+                          "requeues itself before its time limit and resumes from its checkpoint.")
+    t.set_defaults(func=cmd_slurm_train)
+    w = _slurm_forwarding(ss, "train", _add_train, "sweep", "a sweep as a job array over members",
+                          "Submit every member of a sweep config as one array task "
+                          "(`phasenet train CONFIG --member K`).")
+    w.set_defaults(func=cmd_slurm_train)
+    e = _slurm_forwarding(ss, "evaluate", _add_evaluate, "evaluate", "an evaluation job",
+                          "Submit `phasenet evaluate` as one job.")
+    e.set_defaults(func=cmd_slurm_evaluate)
     st = ss.add_parser("status", help="state of every job and array task of a pipeline")
     st.add_argument("state", help="state file written at submission (e.g. OUT.h5.slurm.json)")
     st.add_argument("--json", action="store_true", help="machine-readable output")

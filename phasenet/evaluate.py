@@ -282,9 +282,9 @@ def model_rows(rows_src: DatasetRows, indices, method: str, d_mins, options: Eva
 
 def _kept_mask(p: PhasingProblem, keep: np.ndarray, d_min: float) -> np.ndarray:
     """Which of the ``keep`` reflections survive :meth:`PhasingProblem.truncate` at d_min."""
-    from phasenet.metrics import d_spacings
+    from phasenet.metrics import resolution_mask
 
-    return (p.amplitude[keep] > 0) & (d_spacings(p.hkl[keep], p.cell) >= d_min - 1e-9)
+    return (p.amplitude[keep] > 0) & resolution_mask(p.hkl[keep], p.cell, d_min)
 
 
 # ---------------------------------------------------------------------------

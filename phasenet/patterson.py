@@ -32,7 +32,7 @@ from phasenet import _cctbx_first  # noqa: F401
 import gemmi  # noqa: E402
 
 from phasenet.metrics import (  # noqa: E402
-    continuous_origin_directions, d_spacings, density_map, find_peaks, min_distances,
+    continuous_origin_directions, d_spacings, density_map, find_peaks, min_distances, resolution_mask,
     permissible_origin_shifts)
 from phasenet.reflections import friedel_representative, hkl_keys  # noqa: E402
 from phasenet.structure import AtomicModel, Structure  # noqa: E402
@@ -180,7 +180,7 @@ def patterson_coefficients(hkl, intensity, cell, symops, options: PattersonOptio
         raise ValueError(f"hkl must be (R, 3) and intensity (R,); got {hkl.shape} and {i.shape}")
     keep = np.isfinite(i) & ~(hkl == 0).all(axis=1)
     if options.d_min is not None:
-        keep &= d_spacings(hkl, cell) >= options.d_min - 1e-9
+        keep &= resolution_mask(hkl, cell, options.d_min)
     hkl, i = hkl[keep], i[keep]
     if options.symmetry:
         hkl, i = expand_to_p1(hkl, i, symops)

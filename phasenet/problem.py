@@ -17,7 +17,7 @@ import numpy as np
 from phasenet import _cctbx_first  # noqa: F401
 import gemmi  # noqa: E402
 
-from phasenet.metrics import d_spacings  # noqa: E402
+from phasenet.metrics import d_spacings, resolution_mask  # noqa: E402
 from phasenet.reflections import _is_representative  # noqa: E402
 from phasenet.structure import AtomicModel, Structure  # noqa: E402
 from phasenet.structure_factors import SymmetryOps, expand_to_unit_cell, structure_factors  # noqa: E402
@@ -51,7 +51,7 @@ class PhasingProblem:
         self.check()
         keep = self.amplitude > 0
         if d_min is not None:
-            keep &= d_spacings(self.hkl, self.cell) >= d_min - 1e-9
+            keep &= resolution_mask(self.hkl, self.cell, d_min)
         return replace(self, hkl=self.hkl[keep], amplitude=self.amplitude[keep],
                        phase_true=self.phase_true[keep],
                        intensity=None if self.intensity is None else self.intensity[keep])
@@ -94,7 +94,7 @@ def sphere_hkl(cell, d_min: float) -> np.ndarray:
     r = [np.arange(-m, m + 1) for m in hmax]
     hkl = np.stack(np.meshgrid(*r, indexing="ij"), axis=-1).reshape(-1, 3)
     hkl = hkl[_is_representative(hkl)]
-    return hkl[d_spacings(hkl, cell) >= d_min - 1e-9].astype(np.int32)
+    return hkl[resolution_mask(hkl, cell, d_min)].astype(np.int32)
 
 
 def problem_from_structure(structure: Structure, d_min: float) -> PhasingProblem:

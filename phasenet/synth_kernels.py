@@ -457,8 +457,7 @@ def first_free(xyz0, rad, is_h, step, p0, axis, tors, parent, n, nb, deg, alive,
 @njit(cache=True)
 def rigid(local, q, shift):
     """``local`` (k, 3) turned by the rotation of the quaternion ``q`` (4,), normalised
-    here (from 4 normal draws: a uniformly random rotation, as
-    :func:`phasenet.synth_molecules.random_rotation`), then moved by ``shift``."""
+    here (from 4 normal draws: a uniformly random rotation), then moved by ``shift``."""
     n = np.sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3])
     w, x, y, z = q[0] / n, q[1] / n, q[2] / n, q[3] / n
     r = np.empty((3, 3))

@@ -169,24 +169,6 @@ def _cone(u, ref, angle_deg, torsions_deg):
             + np.sin(a) * (np.cos(t)[:, None] * ref[None, :] + np.sin(t)[:, None] * q[None, :]))
 
 
-def rotation_matrix(axis, angle):
-    axis = _unit(axis)
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * (k @ k)
-
-
-def random_rotation(rng) -> np.ndarray:
-    """Uniformly random rotation matrix (from a random unit quaternion)."""
-    q = rng.normal(size=4)
-    q /= np.linalg.norm(q)
-    w, x, y, z = q
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
-
-
 def _two_tetrahedral(b1, b2):
     """The two remaining tetrahedral directions of an atom with bonds along b1, b2."""
     m = -_unit(b1 + b2)

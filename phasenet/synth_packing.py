@@ -33,21 +33,6 @@ import numpy as np
 from phasenet import _cctbx_first  # noqa: F401
 import gemmi  # noqa: E402
 
-
-
-class _LazyKernels:
-    """Stands for :mod:`phasenet.synth_kernels` until first used, so that importing the
-    synth modules (the CLI does, for its option defaults) does not load numba."""
-
-    def __getattr__(self, name):
-        global _k
-        from phasenet import synth_kernels
-
-        _k = synth_kernels  # later calls go to the module directly
-        return getattr(synth_kernels, name)
-
-
-_k = _LazyKernels()
 from phasenet.synth_molecules import vdw_radius  # noqa: E402
 
 
@@ -232,8 +217,10 @@ class CellEnv:
             self.is_h = np.concatenate([self.is_h, np.zeros(extra, dtype=bool)])
         self.rad[i0:i0 + k] = rad
         self.is_h[i0:i0 + k] = is_h
+        from phasenet.synth_kernels import images_into  # numba: loaded on first use only
+
         while True:  # images written straight into the cloud, grown when full
-            nc = _k.images_into(xyz, i0, self.rot, self.trans, self.margin, self.m, self.minv,
+            nc = images_into(xyz, i0, self.rot, self.trans, self.margin, self.m, self.minv,
                                 self.cart, self.atom, self.kn, self.nc)
             if nc >= 0:
                 self.nc = nc

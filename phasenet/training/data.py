@@ -40,7 +40,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from phasenet.dataset import DatasetError, open_dataset
+from phasenet.dataset import DatasetError, _decode, open_dataset
 from phasenet.reflections import canonical_hkl
 
 
@@ -69,10 +69,6 @@ def cell_features(cell: np.ndarray) -> np.ndarray:
 
 
 # ---- which rows ------------------------------------------------------------------------
-def _decode(arr):
-    return np.array([x.decode() if isinstance(x, bytes) else x for x in arr], dtype=object)
-
-
 def check_dataset(h5: h5py.File, cfg, path="dataset") -> np.ndarray:
     """Raise DataMismatchError unless the dataset fits ``cfg``; return the expected hkl."""
     expected = canonical_hkl(cfg.data.max_index, cfg.r2_max_or_none())
