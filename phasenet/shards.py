@@ -272,6 +272,7 @@ def merge_shards(shards, output, *, overwrite: bool = False, progress=None) -> d
     atom_counts = []
     with h5py.File(ordered[0][0], "r") as h5:
         kinds = _layout(h5)
+        hkl0 = h5["hkl"][...] if "hkl" in h5 else None
     for p, a in ordered:
         failures += json.loads(a.get("failures", "[]"))
         n_inputs += int(a.get("n_inputs", 0))
@@ -279,10 +280,8 @@ def merge_shards(shards, output, *, overwrite: bool = False, progress=None) -> d
             if _layout(h5) != kinds:
                 raise ShardError(f"{p}: holds other datasets than {ordered[0][0]}")
             atom_counts.append(int(h5["atoms/offset"][-1]) if "atoms/offset" in h5 else 0)
-            if "hkl" in h5:
-                with h5py.File(ordered[0][0], "r") as h0:
-                    if not np.array_equal(h0["hkl"][...], h5["hkl"][...]):
-                        raise ShardError(f"{p}: reflection set differs from {ordered[0][0]}")
+            if "hkl" in h5 and not np.array_equal(hkl0, h5["hkl"][...]):
+                raise ShardError(f"{p}: reflection set differs from {ordered[0][0]}")
     n, m = sum(n_rows), sum(atom_counts)
     if "_synth_meta" not in ref_attrs and int(ref_attrs["n_inputs_total"]) != n_inputs:
         raise ShardError(f"the shards cover {n_inputs} inputs, but the set has "

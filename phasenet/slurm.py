@@ -169,7 +169,7 @@ def _run(cmd: list[str], env: dict | None = None, check=True) -> subprocess.Comp
     return proc
 
 
-def submit(job: Job, *, dry_run: bool = False, slurm_dir: Path | None = None) -> str:
+def submit(job: Job, *, dry_run: bool = False) -> str:
     """Submit ``job`` with sbatch (or, dry, print its command line); returns the job id."""
     cmd = job.command()
     if dry_run:

@@ -71,24 +71,21 @@ def cell_features(cell: np.ndarray) -> np.ndarray:
 # ---- which rows ------------------------------------------------------------------------
 def check_dataset(h5: h5py.File, cfg, path="dataset") -> np.ndarray:
     """Raise DataMismatchError unless the dataset fits ``cfg``; return the expected hkl."""
+    import json
+
     expected = canonical_hkl(cfg.data.max_index, cfg.r2_max_or_none())
     hkl = h5["hkl"][...]
+    opts = json.loads(h5.attrs.get("build_options", "{}"))
     if hkl.shape != expected.shape or not np.array_equal(hkl, expected):
-        import json
-
-        opts = json.loads(h5.attrs.get("build_options", "{}"))
         raise DataMismatchError(
             f"{path}: reflection set differs from the one the config expects: the dataset has "
             f"{len(hkl)} reflections (built with max_index {opts.get('max_index')}, r2_max "
             f"{opts.get('r2_max')}), the config expects {len(expected)} (data.max_index = "
             f"{cfg.data.max_index}, data.r2_max = {cfg.data.r2_max}; 0 = no sphere cut)")
-    if cfg.data.normalisation != "any":
-        import json
-
-        norm = json.loads(h5.attrs.get("build_options", "{}")).get("normalisation")
-        if norm != cfg.data.normalisation:
-            raise DataMismatchError(f"{path}: built with normalisation {norm!r}, but data.normalisation "
-                                    f"= {cfg.data.normalisation!r} (\"any\" accepts every dataset)")
+    norm = opts.get("normalisation")
+    if cfg.data.normalisation != "any" and norm != cfg.data.normalisation:
+        raise DataMismatchError(f"{path}: built with normalisation {norm!r}, but data.normalisation "
+                                f"= {cfg.data.normalisation!r} (\"any\" accepts every dataset)")
     return expected
 
 
