@@ -31,8 +31,8 @@ REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 def pick_structures(n: int, max_atoms: int, max_edge: float, heavy: bool, any_group: bool = False):
     import pandas as pd
 
-    from phasenet.cif_reader import read_cif
-    from phasenet.patterson import heavy_atom_plan
+    from phasenet.io.cif import read_cif
+    from phasenet.baselines.patterson import heavy_atom_plan
     from phasenet.structure import Structure
 
     m = pd.read_csv(REAL / "manifest.csv")
@@ -57,9 +57,9 @@ def pick_structures(n: int, max_atoms: int, max_edge: float, heavy: bool, any_gr
 
 
 def _cf_case(structure, d_min, seed, time_limit):
-    from phasenet.charge_flipping import ChargeFlippingOptions, charge_flip
-    from phasenet.metrics import score_phases
-    from phasenet.problem import problem_from_structure
+    from phasenet.baselines.charge_flipping import ChargeFlippingOptions, charge_flip
+    from phasenet.evaluation.metrics import score_phases
+    from phasenet.evaluation.problem import problem_from_structure
 
     p = problem_from_structure(structure, d_min).truncate(None)
     t0 = time.perf_counter()
@@ -70,9 +70,9 @@ def _cf_case(structure, d_min, seed, time_limit):
 
 
 def _ha_case(structure, d_min):
-    from phasenet.metrics import score_phases
-    from phasenet.patterson import heavy_atom_phases, match_heavy_atoms
-    from phasenet.problem import problem_from_structure
+    from phasenet.evaluation.metrics import score_phases
+    from phasenet.baselines.patterson import heavy_atom_phases, match_heavy_atoms
+    from phasenet.evaluation.problem import problem_from_structure
 
     p = problem_from_structure(structure, d_min).truncate(None)
     t0 = time.perf_counter()
@@ -88,7 +88,7 @@ def _ha_case(structure, d_min):
 def run_cases(kind, structures, d_mins, args):
     from tqdm import tqdm
 
-    from phasenet.charge_flipping import TimeoutExpired, run_with_timeout
+    from phasenet.baselines.charge_flipping import TimeoutExpired, run_with_timeout
 
     rows = []
     with tqdm(total=len(structures) * len(d_mins), desc=kind, disable=args.json) as bar:
@@ -127,9 +127,9 @@ def aggregate(rows, d_mins):
 
 
 def scoring_throughput(n_repeat: int = 20):
-    from phasenet.metrics import atom_recovery, score_phases
-    from phasenet.problem import problem_from_structure
-    from phasenet.cif_reader import read_cif
+    from phasenet.evaluation.metrics import atom_recovery, score_phases
+    from phasenet.evaluation.problem import problem_from_structure
+    from phasenet.io.cif import read_cif
 
     s = [x for x in read_cif(REAL / "cif" / "StructureFinder_P-1.cif") if hasattr(x, "atoms")][0]
     p = problem_from_structure(s, 1.0).truncate(None)

@@ -98,7 +98,7 @@ def iotbx_read(path: Path) -> dict:
 
 def prepass(files: list[Path]) -> tuple[list[Path], dict]:
     """Files that both iotbx and phasenet read (>= 1 structure each). Not timed."""
-    from phasenet.cif_reader import ReadFailure, read_cif
+    from phasenet.io.cif import ReadFailure, read_cif
 
     keep, counts = [], {"files": len(files), "iotbx_unreadable": 0, "phasenet_unreadable": 0,
                         "both_readable": 0}

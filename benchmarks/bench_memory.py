@@ -6,7 +6,7 @@ one fixed base set of ``--base`` files (default 200) under new names, so every s
 draws structures from exactly the same distribution and only N changes. The base set
 is either the first real CIFs phasenet reads under ``--data`` (with their paired
 .hkl/.fcf files, so measured-data merging is exercised too) or random structures from
-``phasenet.demo.write_random_cifs`` (``--source random``).
+``phasenet.pipeline.demo.write_random_cifs`` (``--source random``).
 
 Each build runs in a fresh subprocess (``BuildOptions(workers=N)``, all cores by
 default). Reported per size:
@@ -148,16 +148,16 @@ def setup(source: str, data: str, n: int, folder: str) -> None:
                     _place(f.with_suffix(suf), folder / (f.stem + suf))
         what = f"{len(base)} real CIFs from {data}"
     else:
-        from phasenet.demo import write_random_cifs
+        from phasenet.pipeline.demo import write_random_cifs
 
         base = write_random_cifs(folder, n, seed=0)
-        what = f"{len(base)} random structures (phasenet.demo.write_random_cifs, seed 0)"
+        what = f"{len(base)} random structures (phasenet.pipeline.demo.write_random_cifs, seed 0)"
     print(json.dumps({"what": what, "version": phasenet.__version__}))
 
 
 def base_real(data: Path, n: int) -> list[Path]:
     """The first ``n`` CIFs (sorted) in which phasenet reads at least one structure."""
-    from phasenet.cif_reader import ReadFailure, read_cif
+    from phasenet.io.cif import ReadFailure, read_cif
 
     out = []
     for f in sorted(p for p in data.rglob("*.cif") if p.is_file()):

@@ -7,7 +7,7 @@ Stages (one process, ms per structure, wall and CPU time): generation
 CPU time also split into growth and compression), structure factors
 (``compute_record``), HDF5 writing (``dataset.write_part`` of the records). Whole
 runs: ``synth_dataset`` end to end (generation, structure factors, parts, merge).
-``--packing``: the ``phasenet.synth.PACKINGS`` preset (``phasenet synth --packing``):
+``--packing``: the ``phasenet.synth.generate.PACKINGS`` preset (``phasenet synth --packing``):
 dense (the default: grow and squeeze) or fast (growth only).
 Also reports the realised volume per non-H atom, non-H atom counts and space
 groups, and the load average (the machine is shared: compare CPU times).
@@ -29,10 +29,10 @@ import numpy as np
 def main(argv=None):
     import gemmi
 
-    from phasenet import dataset
-    from phasenet.records import compute_record
+    from phasenet.io import hdf5 as dataset
+    from phasenet.pipeline.records import compute_record
     from phasenet.reflections import canonical_hkl
-    from phasenet.synth import PACKINGS, SynthOptions, generate_structure, synth_dataset
+    from phasenet.synth.generate import PACKINGS, SynthOptions, generate_structure, synth_dataset
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-n", type=int, default=200, help="structures (default %(default)s)")
@@ -48,9 +48,9 @@ def main(argv=None):
     o = SynthOptions(seed=a.seed, atoms=(lo, hi), chunk_size=32, **extra)
     load0 = os.getloadavg()
 
-    import phasenet.synth as synth_module
-    import phasenet.synth_packing as packing_module
-    from phasenet.synth_kernels import warm_up
+    import phasenet.synth.generate as synth_module
+    import phasenet.synth.packing as packing_module
+    from phasenet.synth.kernels import warm_up
 
     warm_up()
     split = {"grow_in_cell": 0.0, "compress_packing": 0.0}

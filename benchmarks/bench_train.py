@@ -44,7 +44,7 @@ def write_dataset(path: Path, n: int, r2_max: int, seed: int = 0, compression: s
     import numpy as np
 
     import phasenet  # noqa: F401
-    from phasenet.dataset import SCHEMA_VERSION, STR
+    from phasenet.io.hdf5 import SCHEMA_VERSION, STR
     from phasenet.reflections import canonical_hkl
 
     if path.exists():

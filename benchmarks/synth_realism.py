@@ -4,7 +4,7 @@
         [--out docs/synth_realism.png] [--seed 0] [--workers 2] [--json]
 
 For every real structure (CIF files under --real) and N synthetic ones
-(``phasenet.synth.generate_structure``: P-1 + P2₁/c by default, plus a
+(``phasenet.synth.generate.generate_structure``: P-1 + P2₁/c by default, plus a
 non-centrosymmetric P2₁2₁2₁ set for the Wilson panel) it computes, with
 :mod:`phasenet.structure_stats`: bond lengths between non-H atoms, the shortest
 intermolecular non-H···non-H contact, the volume per non-H atom and ⟨|E²−1|⟩ of
@@ -73,8 +73,8 @@ def _elements(structure):
 
 def _real_task(path):
     """All blocks of one CIF: [(kind, payload)] with kind 'ok', 'read-failure', 'error'."""
-    from phasenet.cif_reader import read_cif
-    from phasenet.records import hill_formula
+    from phasenet.io.cif import read_cif
+    from phasenet.pipeline.records import hill_formula
     from phasenet.structure import Structure
 
     out = []
@@ -101,7 +101,7 @@ def _real_task(path):
 
 def _synth_task(args):
     index, options = args
-    from phasenet.synth import generate_structure
+    from phasenet.synth.generate import generate_structure
 
     t = time.perf_counter()
     try:
@@ -346,9 +346,9 @@ def main(argv=None):
     opts = opts_nc = None
     if a.n_synth or n_nc:
         try:
-            from phasenet.synth import SynthOptions
+            from phasenet.synth.generate import SynthOptions
         except ImportError as exc:
-            raise SystemExit(f"cannot import phasenet.synth ({exc}); --n-synth 0 --n-nc 0 "
+            raise SystemExit(f"cannot import phasenet.synth.generate ({exc}); --n-synth 0 --n-nc 0 "
                              "measures the real corpus alone") from None
         kw = {}
         if a.atoms:

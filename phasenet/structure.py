@@ -1,7 +1,7 @@
 """Plain data objects for one crystal structure, as phasenet reads it.
 
-Nothing here computes; :mod:`phasenet.cif_reader` fills these in and
-:mod:`phasenet.structure_factors` consumes them.
+Nothing here computes; :mod:`phasenet.io.cif` fills these in and
+:mod:`phasenet.physics.structure_factors` consumes them.
 """
 
 from __future__ import annotations

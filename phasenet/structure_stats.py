@@ -1,6 +1,6 @@
 """Geometry and intensity statistics of one crystal structure (realism checks).
 
-Used to measure synthetic structures (:mod:`phasenet.synth`) against real ones
+Used to measure synthetic structures (:mod:`phasenet.synth.generate`) against real ones
 (``benchmarks/synth_realism.py``). Everything is computed *in the crystal*: the
 asymmetric unit is expanded to the unit cell (:func:`expand_to_unit_cell`, so atoms
 on special positions count once), and distances are taken between the atoms of the
@@ -27,7 +27,7 @@ coordinates), so symmetry- and lattice-generated neighbours are included.
 - **Volume per non-H atom**: V_cell / Σ occupancy of the non-H atoms of the cell.
 - **Wilson statistic** ⟨|E²−1|⟩ of the calculated intensities on a reflection grid
   (default the dataset grid, :func:`canonical_hkl`): |E|² from the ``wilson``
-  normalisation (I / (ε Σf² e^{−2B s²}) with k and B fitted, :mod:`phasenet.normalisation`),
+  normalisation (I / (ε Σf² e^{−2B s²}) with k and B fitted, :mod:`phasenet.physics.normalisation`),
   then rescaled to ⟨|E|²⟩ = 1 in each of ``n_shells`` resolution shells of equal
   count; systematic absences are left out. Theory (many equal atoms at random):
   0.968 for centric reflections, 0.736 for acentric ones. The headline value
@@ -57,15 +57,14 @@ from functools import lru_cache
 
 import numpy as np
 
-from phasenet import _cctbx_first  # noqa: F401
-import gemmi  # noqa: E402
-from scipy.sparse import coo_matrix  # noqa: E402
-from scipy.sparse.csgraph import breadth_first_order, connected_components  # noqa: E402
-from scipy.spatial import cKDTree  # noqa: E402
+import gemmi
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import breadth_first_order, connected_components
+from scipy.spatial import cKDTree
 
-from phasenet.reflections import canonical_hkl, reciprocal_metric  # noqa: E402
-from phasenet.structure import Structure  # noqa: E402
-from phasenet.structure_factors import SymmetryOps, expand_to_unit_cell  # noqa: E402
+from phasenet.reflections import canonical_hkl, reciprocal_metric
+from phasenet.structure import Structure
+from phasenet.physics.structure_factors import SymmetryOps, expand_to_unit_cell
 
 #: Added to the sum of covalent radii to call a pair bonded (Å).
 BOND_TOLERANCE = 0.4
@@ -287,11 +286,11 @@ class WilsonStatistic:
 def normalised_e2(structure: Structure, hkl: np.ndarray | None = None, n_shells: int = 10):
     """(|E|², present, centric, wilson_b) of the calculated intensities on ``hkl``.
 
-    |E|² comes from the ``wilson`` normalisation of :func:`phasenet.records.compute_record`
+    |E|² comes from the ``wilson`` normalisation of :func:`phasenet.pipeline.records.compute_record`
     (measurements ignored), then is rescaled to mean 1 in ``n_shells`` shells of sin²θ/λ²
     of equal count (``n_shells=1``: only the Wilson fit and one overall scale).
     """
-    from phasenet.records import compute_record
+    from phasenet.pipeline.records import compute_record
 
     hkl = canonical_hkl() if hkl is None else np.asarray(hkl)
     if structure.observations is not None:

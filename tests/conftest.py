@@ -63,7 +63,7 @@ def real_cif(real_cif_dir):
 
 def first_structure(path):
     """The first Structure read from ``path`` (fails the test if there is none)."""
-    from phasenet.cif_reader import read_cif
+    from phasenet.io.cif import read_cif
     from phasenet.structure import Structure
 
     items = read_cif(path)

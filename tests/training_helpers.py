@@ -12,8 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def make_dataset(folder: Path, n: int = 60, seed: int = 1, r2_max: int | None = 50) -> Path:
     """Build (once) a dataset of ``n`` random structures, max-normalised, 1/4 test."""
-    from phasenet.build import BuildOptions, build_dataset
-    from phasenet.demo import write_random_cifs
+    from phasenet.pipeline.build import BuildOptions, build_dataset
+    from phasenet.pipeline.demo import write_random_cifs
 
     out = folder / f"random_{n}_{seed}_{r2_max}.h5"
     if not out.exists():

@@ -40,7 +40,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from phasenet.dataset import DatasetError, _decode, open_dataset
+from phasenet.io.hdf5 import DatasetError, _decode, open_dataset
 from phasenet.reflections import canonical_hkl
 
 
@@ -48,7 +48,7 @@ class DataMismatchError(DatasetError):
     """The dataset does not fit the config (reflections, labels, normalisation, split)."""
 
 
-# ---- input features (shared with phasenet.predict) -----------------------------------
+# ---- input features (shared with phasenet.training.predict) -----------------------------------
 def prepare_input(intensity: np.ndarray, transform: str = "none") -> np.ndarray:
     """Model input from the stored normalised intensities: NaN -> 0, optional transform."""
     x = np.nan_to_num(np.asarray(intensity, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)

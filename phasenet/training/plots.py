@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from phasenet import _cctbx_first  # noqa: F401
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
 
 SMOOTH = 50
 

@@ -29,7 +29,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from phasenet import _cctbx_first  # noqa: F401
 from phasenet.training.config import ConfigError, TrainConfig
 
 BACKENDS = ("tensorflow", "jax")
@@ -313,7 +312,7 @@ def _tensorboard(out: Path):
 
 def prepare_run(cfg: TrainConfig, data=None):
     """Checks that need no Keras: the data path, the dataset against the config, the splits."""
-    from phasenet.dataset import open_dataset
+    from phasenet.io.hdf5 import open_dataset
     from phasenet.training.data import check_dataset, select_rows
 
     path = Path(data or cfg.data.path)

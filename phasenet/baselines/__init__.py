@@ -1,0 +1,1 @@
+"""phasenet.baselines."""

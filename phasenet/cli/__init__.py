@@ -1,0 +1,3 @@
+"""The command line: `phasenet COMMAND ...`."""
+
+from phasenet.cli.commands import build_parser, main  # noqa: F401

@@ -1,0 +1,3 @@
+from phasenet.cli.commands import main
+
+raise SystemExit(main())

@@ -1,0 +1,144 @@
+"""One dataset row per structure: structure factors, labels, measurements, input.
+
+:func:`compute_record` is the whole per-structure computation of a build: unit
+cell contents, F on the canonical grid, sign labels, measured intensities merged
+onto the grid, and the normalised model input.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+import gemmi
+
+from phasenet.physics.merging import MergedObservations, merge_onto_grid
+from phasenet.physics.normalisation import NormalisationResult, normalise
+from phasenet.reflections import reciprocal_metric
+from phasenet.structure import Structure
+from phasenet.physics.structure_factors import (
+    SymmetryOps, _canonical, _hkl_from_token, _hkl_token, expand_to_unit_cell, form_factors,
+    structure_factors)
+
+#: Sign label values.
+SIGN_PLUS, SIGN_MINUS, NO_SIGN = 1, 0, -1
+
+
+@dataclass(frozen=True)
+class StructureRecord:
+    structure: Structure
+    intensity_calc: np.ndarray  # (R,) float32, |F|²
+    phase_calc: np.ndarray  # (R,) float32, radians in (-π, π]
+    intensity_obs: np.ndarray  # (R,) float32, NaN where not measured
+    intensity: np.ndarray  # (R,) float32, normalised model input
+    sign: np.ndarray  # (R,) int8: 1 phase 0, 0 phase π, -1 no label
+    centrosymmetric: bool
+    centric_origin: bool  # an inversion centre at the origin: signs are labels
+    n_atoms_cell: int
+    formula: str
+    norm: NormalisationResult
+    merged: MergedObservations | None
+
+
+def hill_formula(elements, occupancy) -> str:
+    """Hill-order formula of the asymmetric unit (occupancy-weighted)."""
+    counts: dict[str, float] = defaultdict(float)
+    for e, o in zip(elements, occupancy):
+        counts[str(e)] += float(o)
+    order = (["C", "H"] if "C" in counts else []) + sorted(
+        e for e in counts if not ("C" in counts and e in ("C", "H")))
+    parts = []
+    for e in order:
+        n = round(counts[e], 2)
+        parts.append(e if n == 1 else f"{e}{n:g}")
+    return " ".join(parts)
+
+
+def systematic_absences(triplets, hkl: np.ndarray) -> np.ndarray:
+    """(R,) bool, read-only: reflections the operators make systematically absent
+    (gemmi's rule; cached per operator set and reflection list)."""
+    triplets = tuple(triplets)
+    key = (_canonical(triplets),) + _hkl_token(hkl)
+    out = _ABSENCES.get(key)
+    if out is None:
+        # gemmi's group from the operators in their given order (it expects the zero
+        # centring vector first); the result depends only on the set
+        out = _absences(triplets, *key[1:])
+        if len(_ABSENCES) < 1024:
+            _ABSENCES[key] = out
+    return out
+
+
+_ABSENCES: dict[tuple, np.ndarray] = {}
+
+
+def _absences(triplets: tuple[str, ...], token: tuple, n: int) -> np.ndarray:
+    hkl = np.ascontiguousarray(_hkl_from_token(token, n), dtype=np.int32)
+    group = SymmetryOps.from_triplets(triplets).group_ops()
+    out = np.asarray(group.systematic_absences(np.ascontiguousarray(hkl)), dtype=bool)
+    out.setflags(write=False)
+    return out
+
+
+def compute_record(structure: Structure, hkl: np.ndarray, normalisation: str = "linreg") -> StructureRecord:
+    """Everything a dataset stores for one structure (raises ValueError on failure)."""
+    ops = SymmetryOps.from_triplets(structure.symops)
+    group = ops.group_ops()
+    contents = expand_to_unit_cell(structure)
+    origin = ops.has_origin_inversion
+    f = structure_factors(structure, hkl, contents, real=origin)
+
+    absent = systematic_absences(ops.triplets, hkl)
+    f[absent] = 0.0
+    centro = ops.is_centrosymmetric
+    amp2 = (f.real**2 + f.imag**2)
+    with np.errstate(over="ignore", invalid="ignore"):
+        bad = not np.isfinite(amp2).all() or amp2.max() > np.finfo(np.float32).max
+    if bad:
+        raise ValueError("overflow: displacement parameters far from positive definite"
+                         + (f" ({'; '.join(structure.notes)})" if structure.notes else ""))
+    if origin:  # F is real
+        negative = f.real < 0
+        phase = np.where(negative, np.pi, 0.0)
+        sign = np.where(negative, SIGN_MINUS, SIGN_PLUS).astype(np.int8)
+        sign[absent] = NO_SIGN
+    else:
+        phase = np.angle(f)
+        sign = np.full(len(hkl), NO_SIGN, dtype=np.int8)
+
+    merged = None
+    i_obs = np.full(len(hkl), np.nan)
+    if structure.observations is not None:
+        merged = merge_onto_grid(structure.observations, ops.rotations, hkl,
+                                 gemmi.UnitCell(*structure.cell))
+        i_obs = merged.intensity
+
+    kwargs = {}
+    if normalisation == "wilson":
+        cell = gemmi.UnitCell(*structure.cell)
+        h = hkl.astype(np.float64)
+        stol2 = np.einsum("ni,ij,nj->n", h, reciprocal_metric(cell), h) / 4.0
+        ff = form_factors(contents.types, stol2)  # (T, R)
+        w_type = np.bincount(contents.type_index, weights=contents.weight, minlength=len(contents.types))
+        kwargs = dict(stol2=stol2, sum_f2=(w_type[:, None] * ff**2).sum(axis=0),
+                      epsilon=np.asarray(group.epsilon_factor_array(
+                          np.ascontiguousarray(hkl, dtype=np.int32)), dtype=float))
+    norm = normalise(normalisation, amp2, i_obs, absent=absent, **kwargs)
+
+    atoms = structure.atoms
+    return StructureRecord(
+        structure=structure,
+        intensity_calc=amp2.astype(np.float32),
+        phase_calc=phase.astype(np.float32),
+        intensity_obs=i_obs.astype(np.float32),
+        intensity=norm.intensity.astype(np.float32),
+        sign=sign,
+        centrosymmetric=centro,
+        centric_origin=origin,
+        n_atoms_cell=len(contents.frac),
+        formula=hill_formula(atoms.element, atoms.occupancy),
+        norm=norm,
+        merged=merged,
+    )

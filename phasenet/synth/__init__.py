@@ -1,0 +1,1 @@
+"""Synthetic molecular crystals: molecules, packing, relaxation, datasets."""

@@ -1,0 +1,87 @@
+"""Load a trained run for inference: ``load_predictor(run_dir).predict_sign_probability(...)``.
+
+The run folder's ``model.keras`` is a plain Keras model (sign models end in a sigmoid:
+they output P(sign label = 1), i.e. P(phase 0)); ``phasenet_model.json`` says which
+reflections it expects and how its input was prepared. Keras is imported when a
+predictor is loaded, with whatever backend ``KERAS_BACKEND`` names.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from phasenet.reflections import canonical_hkl
+
+
+class PredictorError(ValueError):
+    pass
+
+
+@dataclass
+class Predictor:
+    run_dir: Path
+    model: object  # keras.Model
+    hkl: np.ndarray  # (R, 3) the reflection set, in the order the model expects
+    config: object  # phasenet.training.config.TrainConfig
+    info: dict = field(default_factory=dict)
+
+    @property
+    def task(self) -> str:
+        return self.info["task"]
+
+    def _inputs(self, intensity, cell):
+        from phasenet.training.data import cell_features, prepare_input
+
+        x = np.asarray(intensity, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != len(self.hkl):
+            raise PredictorError(f"intensity must be (N, {len(self.hkl)}) for this model "
+                                 f"({self.run_dir}), got shape {x.shape}")
+        x = prepare_input(x, self.info.get("input_transform", "none"))
+        if self.info.get("cell_input"):
+            if cell is None:
+                raise PredictorError(f"{self.run_dir}: this model takes the cell as input; pass cell (N, 6)")
+            cell = np.asarray(cell, dtype=np.float64)
+            if cell.shape != (len(x), 6):
+                raise PredictorError(f"cell must be ({len(x)}, 6), got {cell.shape}")
+            return {"intensity": x, "cell": cell_features(cell)}
+        return x
+
+    def predict(self, intensity, cell=None, batch_size: int = 256) -> np.ndarray:
+        """The model output (N, R): sign probabilities, or the reconstruction."""
+        x = self._inputs(intensity, cell)
+        return np.asarray(self.model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float32)
+
+    def predict_sign_probability(self, intensity: np.ndarray, cell: np.ndarray | None = None,
+                                 batch_size: int = 256) -> np.ndarray:
+        """(N, R) probability that the sign label is 1 (phase 0), at the stored origin."""
+        if self.task != "sign":
+            raise PredictorError(f"{self.run_dir}: a {self.task} model predicts no signs")
+        return self.predict(intensity, cell, batch_size)
+
+
+def load_predictor(run_dir: str | Path) -> Predictor:
+    """The model of a finished run folder (``phasenet train --out RUN_DIR``)."""
+    run_dir = Path(run_dir)
+    info_path, model_path = run_dir / "phasenet_model.json", run_dir / "model.keras"
+    if not info_path.is_file() or not model_path.is_file():
+        raise PredictorError(f"{run_dir}: not a finished training run (needs model.keras and "
+                             "phasenet_model.json)")
+    info = json.loads(info_path.read_text())
+    from phasenet.training.config import load_config
+
+    config = load_config(run_dir / "config.toml")
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    model = keras.saving.load_model(model_path)
+    hkl = canonical_hkl(info["max_index"], info["r2_max"] or None)
+    if len(hkl) != info["n_reflections"]:
+        raise PredictorError(f"{run_dir}: {info['n_reflections']} reflections recorded, "
+                             f"but max_index/r2_max give {len(hkl)}")
+    return Predictor(run_dir=run_dir, model=model, hkl=hkl, config=config, info=info)

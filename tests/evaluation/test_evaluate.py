@@ -1,0 +1,131 @@
+"""The evaluation (phasenet.evaluation.evaluate) and ``phasenet evaluate``, in-process, on real structures."""
+
+import phasenet  # noqa: F401  (first: cctbx import order)
+
+import sys
+import types
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from phasenet.cli.commands import EXIT_ERROR, EXIT_FAILURES, main
+from phasenet.evaluation.evaluate import EvaluateOptions, EvaluationError, evaluate_dataset, run_task
+from phasenet.evaluation.problem import DatasetRows
+
+FILES = ["cod-tools_2231779.cif",  # P-1, I
+         "NoSpherA2_epoxide.cif",  # P2₁/n, C2H4O: no heavy atom
+         "cod-tools_2219444.cif"]  # Pca2₁: not centrosymmetric
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def small_h5(real_cif_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "small.h5"
+    assert main(["build", *[str(real_cif_dir / f) for f in FILES], "-o", str(out), "--workers", "1",
+                 "--quiet"]) == 0
+    return out
+
+
+@pytest.mark.real_data
+def test_cli_end_to_end(small_h5, tmp_path, capsys):
+    rep = tmp_path / "report"
+    rc = main(["evaluate", str(small_h5), "-o", str(rep), "--method", "true", "--method", "random",
+               "--method", "patterson", "--method", "charge-flipping", "--method", f"model:{tmp_path / 'no-run'}",
+               "--d-min", "1.0", "--d-min", "2.0", "--workers", "2", "--timeout", "60", "--cf-time-limit", "20",
+               "--quiet"])
+    out, err = capsys.readouterr()
+    assert rc == EXIT_FAILURES  # the model run does not exist: its rows failed, the rest ran
+    assert "model:" in err and "failed" in err
+    for name in ("evaluation.csv", "summary.md", "config.json"):
+        assert (rep / name).is_file()
+    for name in ("phase_error_vs_dmin.png", "success_rate_vs_dmin.png"):
+        assert (rep / name).read_bytes()[:8] == PNG
+    df = pd.read_csv(rep / "evaluation.csv")
+    assert len(df) == 3 * 5 * 2
+    true = df[df.method == "true"]
+    assert (true.status == "ok").all() and np.allclose(true.map_cc, 1.0) and np.allclose(true.phase_error, 0, atol=1e-3)
+    rnd = df[df.method == "random"]
+    assert (rnd.map_cc < 0.5).all() and not rnd.solved.any()
+    pat = df[(df.method == "patterson")].set_index(["id", "d_min"])
+    epoxide = [i for i in pat.index if "epoxide" in i[0]]
+    assert all(pat.loc[i, "status"] == "not-applicable" for i in epoxide)
+    iodo = pat.loc[[i for i in pat.index if "2231779" in i[0] and i[1] == 1.0][0]]
+    assert iodo.status == "ok" and iodo.solved
+    cf = df[df.method == "charge-flipping"].set_index(["id", "d_min"])
+    assert cf.loc[[i for i in cf.index if "2231779" in i[0] and i[1] == 1.0][0]].solved
+    assert (df[df.method.str.startswith("model:")].status == "failed").all()
+    md = (rep / "summary.md").read_text()
+    for m in ("true", "random", "patterson", "charge-flipping"):
+        assert f"| {m} | 1 |" in md and f"| {m} | 2 |" in md
+    assert "| method | d_min" in out
+
+
+@pytest.mark.real_data
+def test_timeout_and_failure_are_rows(small_h5, tmp_path):
+    # at 2 Å charge flipping never reaches a phase transition: it runs all its cycles (~1 s)
+    opts = EvaluateOptions(methods=("charge-flipping",), d_min=(2.0,), timeout=0.1, workers=2,
+                           atom_recovery=False)
+    res = evaluate_dataset(small_h5, tmp_path / "r", opts, progress=False)
+    cf = res.rows[res.rows.method == "charge-flipping"]
+    assert (cf.status == "timeout").all() and cf.reason.str.contains("killed").all()
+    assert not res.ok and res.n_problems == 3
+    # a broken structure (cell of zero volume) fails in its own row
+    with DatasetRows(small_h5) as rows:
+        p = rows.problem(0)
+    row = run_task(replace(p, cell=(0, 0, 0, 90, 90, 90)), "true", 1.0, 0, EvaluateOptions())
+    assert row["status"] == "failed" and row["reason"]
+
+
+@pytest.mark.real_data
+def test_model_plugin_contract(small_h5, tmp_path, monkeypatch):
+    """An oracle predictor (the true signs) through the model:RUN_DIR plug-in scores R = 1."""
+    with DatasetRows(small_h5) as rows:
+        sign_by_intensity = {}
+        for i in range(len(rows)):
+            p = rows.problem(i)
+            sign_by_intensity[p.intensity.tobytes()] = np.cos(p.phase_true) > 0
+        hkl = rows.hkl
+
+    class Oracle:
+        def __init__(self):
+            self.hkl = hkl[::2]  # the model phases only half the reflections
+
+        def predict_sign_probability(self, intensity, cell=None):
+            assert intensity.dtype == np.float32 and cell.shape == (len(intensity), 6)
+            out = []
+            for x in intensity:
+                for key, s in sign_by_intensity.items():
+                    if np.array_equal(np.frombuffer(key, np.float32)[::2], x, equal_nan=True):
+                        out.append(np.where(s[::2], 0.9, 0.1))
+            return np.array(out)
+
+    fake = types.ModuleType("phasenet.training.predict")
+    fake.load_predictor = lambda run_dir: Oracle()
+    monkeypatch.setitem(sys.modules, "phasenet.training.predict", fake)
+    res = evaluate_dataset(small_h5, tmp_path / "m", EvaluateOptions(methods=("model:run",), d_min=(1.0, 1.5)),
+                           progress=False)
+    ok = res.rows[res.rows.status == "ok"]
+    assert len(ok) == 4 and np.allclose(ok.map_cc, 1.0)
+    na = res.rows[res.rows.status == "not-applicable"]
+    assert len(na) == 2 and na.reason.str.contains("inversion centre").all()
+
+
+@pytest.mark.real_data
+def test_model_without_predict_module(small_h5, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "phasenet.training.predict", None)  # import fails
+    res = evaluate_dataset(small_h5, tmp_path / "x", EvaluateOptions(methods=("true", "model:run"), d_min=(1.5,)),
+                           progress=False)
+    model = res.rows[res.rows.method == "model:run"]
+    assert (model.status == "failed").all() and model.reason.str.contains("phasenet.training.predict").all()
+    assert (res.rows[res.rows.method == "true"].status == "ok").all()
+
+
+def test_bad_inputs(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "nope.h5"), "-o", str(tmp_path / "r"), "--quiet"]) == EXIT_ERROR
+    assert "phasenet evaluate: error:" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "nope.h5"), "-o", str(tmp_path / "r"), "--method", "magic"]) == EXIT_ERROR
+    assert "unknown method 'magic'" in capsys.readouterr().err
+    with pytest.raises(EvaluationError, match="d_min"):
+        EvaluateOptions(d_min=(1.0, -2.0))
