@@ -44,7 +44,7 @@ class _LazyKernels:
 
     def __getattr__(self, name):
         global _k
-        from phasenet.synth.generate import kernels as synth_kernels
+        from phasenet.synth import kernels as synth_kernels
 
         _k = synth_kernels  # later calls go to the module directly
         return getattr(synth_kernels, name)
