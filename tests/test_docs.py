@@ -8,7 +8,7 @@ import re
 import pytest
 
 import phasenet.reflections
-from conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT
 
 README = REPO_ROOT / "README.md"
 

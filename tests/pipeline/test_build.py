@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT
 from phasenet import BuildOptions, build_dataset, read_structures_table
 from phasenet.pipeline.build import BuildError
 from phasenet.io.cif import read_cif

@@ -207,7 +207,7 @@ def test_dry_run_refuses_bad_requests(cif_dir, tmp_path, capsys, monkeypatch):
 
 
 def test_dry_run_train_asks_for_gpus(tmp_path, capsys, monkeypatch):
-    from conftest import REPO_ROOT
+    from tests.conftest import REPO_ROOT
 
     config = REPO_ROOT / "training" / "demo.toml"
     if not config.is_file():

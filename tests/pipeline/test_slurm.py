@@ -21,7 +21,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT
 from phasenet import BuildOptions, build_dataset
 from phasenet.cli.commands import main
 from phasenet.pipeline.shards import shard_file_name
