@@ -30,6 +30,7 @@ import numpy as np
 from cctbx import crystal, miller, sgtbx
 from cctbx.array_family import flex
 
+from phasenet.baselines.registry import PhasingMethod
 from phasenet.reflections import friedel_representative, lookup
 
 
@@ -225,3 +226,19 @@ def run_with_timeout(fn, *args, timeout: float | None = None, **kwargs):
     if status == "error":
         raise RuntimeError(f"{value[0]}: {value[1]}")
     return value
+
+
+# ---------------------------------------------------------------------------
+# the method in the registry
+
+
+class ChargeFlippingMethod(PhasingMethod):
+    """``charge-flipping`` in the evaluation: :func:`charge_flip` with ``EvaluateOptions.charge_flipping``
+    (reflections it leaves unphased get phase 0)."""
+
+    name = "charge-flipping"
+
+    def phases(self, problem, seed, options):
+        r = charge_flip(problem.hkl, problem.amplitude, problem.cell, problem.symops,
+                        options.charge_flipping, seed=seed)
+        return np.where(np.isfinite(r.phases), r.phases, 0.0), f"{r.message}, {r.n_iterations} cycles"

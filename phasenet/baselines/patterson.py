@@ -36,10 +36,7 @@ from phasenet.evaluation.metrics import (
 from phasenet.reflections import friedel_representative, hkl_keys
 from phasenet.structure import AtomicModel, Structure
 from phasenet.physics.structure_factors import SymmetryOps, structure_factors
-
-
-class NotApplicable(Exception):
-    """The method does not apply to this structure (the message says why)."""
+from phasenet.baselines.registry import NotApplicable, PhasingMethod
 
 
 # ---------------------------------------------------------------------------
@@ -618,3 +615,24 @@ def match_heavy_atoms(found: np.ndarray, true: np.ndarray, cell, symops, distanc
             if best is None or key > best[0]:
                 best = (key, d)
     return best[1]
+
+
+# ---------------------------------------------------------------------------
+# the method in the registry
+
+
+class HeavyAtomMethod(PhasingMethod):
+    """``patterson`` in the evaluation: :func:`heavy_atom_phases` with ``EvaluateOptions.heavy_atom``."""
+
+    name = "patterson"
+    needs = frozenset({"atoms"})  # the composition only (elements, occupancies), never the positions
+
+    def check(self, problem, options):
+        plan = heavy_atom_plan(problem.atoms, options.heavy_atom)
+        if not plan.applicable:
+            raise NotApplicable(plan.reason)
+
+    def phases(self, problem, seed, options):
+        phases, sol = heavy_atom_phases(problem.hkl, problem.amplitude, problem.cell, problem.symops,
+                                        problem.atoms, options.heavy_atom)
+        return phases, f"{len(sol.frac)} {sol.element} placed (Σ Z² share {sol.plan.ratio:.2f})"

@@ -1,6 +1,8 @@
 """One evaluation that scores any phasing method against the true structures of a dataset.
 
-Methods (``EvaluateOptions.methods``):
+Methods (``EvaluateOptions.methods``) are names in the registry of
+:mod:`phasenet.baselines.registry` (one module per method; adding one:
+``docs/adding-a-phasing-method.md``):
 
 - ``true``: the dataset's own phases (sanity row: R = 1, 0°),
 - ``random``: random signs (0/π) for structures with an inversion centre at the
@@ -9,13 +11,14 @@ Methods (``EvaluateOptions.methods``):
   (not applicable without a heavy atom; the rule is documented there),
 - ``charge-flipping``: cctbx charge flipping (:mod:`phasenet.baselines.charge_flipping`),
 - ``model:RUN_DIR``: a trained sign network through ``phasenet.training.predict.load_predictor``
-  (centrosymmetric structures with the inversion centre at the origin only).
+  (:mod:`phasenet.baselines.model`; centrosymmetric structures with the inversion centre
+  at the origin only).
 
-Each (structure, method, d_min) is one task and one row. Non-model tasks run in
+Each (structure, method, d_min) is one task and one row. Tasks of forked methods run in
 forked worker processes (``workers`` at a time) with a hard ``timeout``; a task that
 raises, crashes or overruns becomes a row with status ``failed`` or ``timeout``
-and never stops the run. Model predictions run in the main process, in batches,
-after the workers finish (TensorFlow/JAX and fork do not mix).
+and never stops the run. Batched methods (models) run in the main process, all
+structures at once, after the workers finish (TensorFlow/JAX and fork do not mix).
 
 Reflections: ``reflections="dataset"`` (default) scores on the dataset's own
 reflections (h, k, l in [-10, 10], one of each Friedel pair) with d ≥ d_min: for
@@ -35,11 +38,14 @@ from pathlib import Path
 import numpy as np
 
 
-from phasenet.baselines.charge_flipping import ChargeFlippingOptions, charge_flip, start_forked
-from phasenet.evaluation.metrics import SOLVED_CC, atom_recovery, score_phases
-from phasenet.baselines.patterson import HeavyAtomOptions, NotApplicable, heavy_atom_phases
+from phasenet.baselines.charge_flipping import ChargeFlippingOptions, start_forked
+from phasenet.baselines.registry import (BATCHED, FORKED, NotApplicable, PhasingFailed, PhasingMethod,
+                                         UnknownMethod, check_method_name, get_method, problem_for)
+from phasenet.evaluation.metrics import SOLVED_CC, atom_recovery, resolution_mask, score_phases
+from phasenet.baselines.patterson import HeavyAtomOptions
 from phasenet.evaluation.problem import DatasetRows, PhasingProblem, problem_from_structure, sphere_hkl
 
+#: the methods evaluated by default (any registered name may be asked for)
 BASE_METHODS = ("true", "random", "patterson", "charge-flipping")
 DEFAULT_D_MIN = (0.8, 1.0, 1.2, 1.5, 2.0)
 STATUSES = ("ok", "not-applicable", "failed", "timeout")
@@ -72,9 +78,10 @@ class EvaluateOptions:
         if not self.methods:
             raise EvaluationError("no methods given")
         for m in self.methods:
-            if m not in BASE_METHODS and not (m.startswith("model:") and len(m) > len("model:")):
-                raise EvaluationError(f"unknown method {m!r}; choose from {', '.join(BASE_METHODS)} "
-                                      "or model:RUN_DIR")
+            try:
+                check_method_name(m)
+            except UnknownMethod as exc:
+                raise EvaluationError(str(exc)) from None
         if len(set(self.methods)) != len(self.methods):
             raise EvaluationError(f"methods repeated: {list(self.methods)}")
         if not self.d_min or any(not (d > 0) for d in self.d_min):
@@ -117,33 +124,6 @@ def task_seed(seed: int, index: int, method: str, d_min: float) -> int:
     return int(np.random.SeedSequence(key).generate_state(1)[0])
 
 
-def random_phases(problem: PhasingProblem, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    if problem.centric_origin:
-        return np.pi * rng.integers(0, 2, len(problem))
-    return rng.uniform(-np.pi, np.pi, len(problem))
-
-
-def method_phases(problem: PhasingProblem, method: str, seed: int, options: EvaluateOptions):
-    """(phases, note) of a non-model method on a truncated problem; raises NotApplicable."""
-    if method == "true":
-        return problem.phase_true.copy(), ""
-    if method == "random":
-        return random_phases(problem, seed), ""
-    if method == "patterson":
-        if problem.atoms is None:
-            raise NotApplicable("no composition (atomic model) stored")
-        phases, sol = heavy_atom_phases(problem.hkl, problem.amplitude, problem.cell, problem.symops,
-                                        problem.atoms, options.heavy_atom)
-        return phases, f"{len(sol.frac)} {sol.element} placed (Σ Z² share {sol.plan.ratio:.2f})"
-    if method == "charge-flipping":
-        r = charge_flip(problem.hkl, problem.amplitude, problem.cell, problem.symops,
-                        options.charge_flipping, seed=seed)
-        phases = np.where(np.isfinite(r.phases), r.phases, 0.0)
-        return phases, f"{r.message}, {r.n_iterations} cycles"
-    raise ValueError(f"not a base method: {method}")
-
-
 def _completeness(problem: PhasingProblem, d_min: float) -> float:
     try:
         n_sphere = len(sphere_hkl(problem.cell, d_min))
@@ -172,20 +152,28 @@ def truncated(problem: PhasingProblem, d_min: float, options: EvaluateOptions) -
     return problem.truncate(d_min)
 
 
-def run_task(problem: PhasingProblem, method: str, d_min: float, seed: int, options: EvaluateOptions) -> dict:
-    """One row: truncate, phase, score. Never raises for method failures (they become the row)."""
+def run_task(problem: PhasingProblem, method: str | PhasingMethod, d_min: float, seed: int,
+             options: EvaluateOptions) -> dict:
+    """One row of a forked method (a registered name or the method): truncate, phase, score.
+    Never raises for method failures (they become the row)."""
     t0 = time.perf_counter()
-    row = {"method": method, "d_min": d_min}
+    row = {"method": method if isinstance(method, str) else method.name, "d_min": d_min}
     try:
+        if isinstance(method, str):
+            method = get_method(method)
+        if method.execution != FORKED:
+            raise ValueError(f"{method.name} is a {method.execution} method: it phases all structures at once")
         p = truncated(problem, d_min, options)
         row.update(n_reflections=len(p), d_min_data=p.d_min, completeness=_completeness(p, d_min))
         if len(p) < 10:
             raise NotApplicable(f"only {len(p)} reflections with d >= {d_min} Å")
-        phases, note = method_phases(p, method, seed, options)
+        phases, note = method.phases(problem_for(method, p, options), seed, options)
         row.update(score_row(p, phases, options))
         row.update(status="ok", reason=note)
     except NotApplicable as exc:
         row.update(status="not-applicable", reason=str(exc))
+    except PhasingFailed as exc:
+        row.update(status="failed", reason=str(exc))
     except Exception as exc:  # noqa: BLE001  (a failing structure is a row, not a crash)
         row.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
     row["seconds"] = time.perf_counter() - t0
@@ -193,97 +181,87 @@ def run_task(problem: PhasingProblem, method: str, d_min: float, seed: int, opti
 
 
 # ---------------------------------------------------------------------------
-# model methods
+# batched methods (models)
 
 
-def load_model(run_dir: str):
-    """``phasenet.training.predict.load_predictor(run_dir)``, imported only now."""
-    import importlib
+def batched_rows(rows_src: DatasetRows, indices, method: PhasingMethod, d_mins, options: EvaluateOptions
+                 ) -> list[dict]:
+    """Rows of a batched method for all structures and d_min values.
 
-    try:
-        predict = importlib.import_module("phasenet.training.predict")  # written by the training work
-    except ImportError as exc:
-        raise RuntimeError(f"model methods need phasenet.training.predict (from the training work), "
-                           f"which is not available: {exc}") from None
-    return predict.load_predictor(run_dir)
-
-
-def model_rows(rows_src: DatasetRows, indices, method: str, d_mins, options: EvaluateOptions) -> list[dict]:
-    """Rows of a ``model:RUN_DIR`` method for all structures and d_min values."""
-    run_dir = method.split(":", 1)[1]
+    ``method.prepare`` runs once (not applicable or failed: every row says so), then the
+    method phases every applicable structure in one call on the dataset's reflections, and
+    each d_min scores the reflections it phased (finite phases) with d ≥ d_min.
+    """
+    name = method.name
     out = []
 
-    def fail_all(reason, status="failed"):
-        for i in indices:
+    def rows_for(which, status, reason):
+        for i in which:
             for d in d_mins:
-                out.append({"index": i, "method": method, "d_min": d, "status": status, "reason": reason})
-        return out
+                out.append({"index": i, "method": name, "d_min": d, "status": status, "reason": reason})
 
-    if options.reflections != "dataset":
-        return fail_all("model methods need the dataset's reflections (reflections='dataset')",
-                        "not-applicable")
     t0 = time.perf_counter()
     try:
-        predictor = load_model(run_dir)
-        want = np.asarray(predictor.hkl, dtype=np.int64)
+        method.prepare(rows_src.hkl, options)
+    except NotApplicable as exc:
+        rows_for(indices, "not-applicable", str(exc))
+        return out
+    except PhasingFailed as exc:
+        rows_for(indices, "failed", str(exc))
+        return out
     except Exception as exc:  # noqa: BLE001
-        return fail_all(f"{type(exc).__name__}: {exc}")
-    from phasenet.reflections import lookup
-
-    pos = lookup(rows_src.hkl, want)
-    if (pos < 0).any():
-        return fail_all(f"the model expects {int((pos < 0).sum())} reflections that the dataset lacks "
-                        f"(e.g. {want[pos < 0][0].tolist()})")
-    centric = [i for i in indices if rows_src.problem(i).centric_origin]
+        rows_for(indices, "failed", f"{type(exc).__name__}: {exc}")
+        return out
+    problems, seen = {}, {}  # the full problems (to score against), what the method sees
     for i in indices:
-        if i not in centric:
-            for d in d_mins:
-                out.append({"index": i, "method": method, "d_min": d, "status": "not-applicable",
-                            "reason": "no inversion centre at the origin: the model predicts signs"})
-    if not centric:
+        try:
+            p = rows_src.problem(i)
+        except Exception as exc:  # noqa: BLE001
+            rows_for([i], "failed", f"reading structure: {type(exc).__name__}: {exc}")
+            continue
+        try:
+            seen[i] = problem_for(method, p, options)
+        except NotApplicable as exc:
+            rows_for([i], "not-applicable", str(exc))
+            continue
+        except Exception as exc:  # noqa: BLE001
+            rows_for([i], "failed", f"{type(exc).__name__}: {exc}")
+            continue
+        problems[i] = p
+    if not problems:
         return out
-    problems = {i: rows_src.problem(i) for i in centric}
-    x = np.stack([problems[i].intensity[pos] for i in centric]).astype(np.float32)
-    cells = np.stack([np.asarray(problems[i].cell, dtype=np.float32) for i in centric])
+    applicable = list(problems)
     try:
-        prob = np.asarray(predictor.predict_sign_probability(x, cells))
-        if prob.shape != x.shape:
-            raise ValueError(f"predict_sign_probability returned shape {prob.shape}, expected {x.shape}")
-    except Exception as exc:  # noqa: BLE001
-        for i in centric:
-            for d in d_mins:
-                out.append({"index": i, "method": method, "d_min": d, "status": "failed",
-                            "reason": f"{type(exc).__name__}: {exc}"})
+        phases = np.asarray(method.phases_batch([seen[i] for i in applicable], options), dtype=float)
+        expected = (len(applicable), len(rows_src.hkl))
+        if phases.shape != expected:
+            raise ValueError(f"phases_batch returned shape {phases.shape}, expected {expected}")
+    except PhasingFailed as exc:
+        rows_for(applicable, "failed", str(exc))
         return out
-    per_structure = (time.perf_counter() - t0) / len(centric)
-    for i, p_row in zip(centric, prob):
-        prob_full = np.full(len(rows_src.hkl), np.nan)
-        prob_full[pos] = p_row
+    except Exception as exc:  # noqa: BLE001
+        rows_for(applicable, "failed", f"{type(exc).__name__}: {exc}")
+        return out
+    per_structure = (time.perf_counter() - t0) / len(applicable)
+    for i, phases_full in zip(applicable, phases):
+        p = problems[i]
+        keep = np.isfinite(phases_full)
         for d in d_mins:
             t1 = time.perf_counter()
-            row = {"index": i, "method": method, "d_min": d}
+            row = {"index": i, "method": name, "d_min": d}
             try:
-                p = problems[i]
-                keep = np.isfinite(prob_full)
                 sub = replace(p, hkl=p.hkl[keep], amplitude=p.amplitude[keep], phase_true=p.phase_true[keep],
                               intensity=None)
                 sub = sub.truncate(d)
-                phases = np.where(prob_full[keep][_kept_mask(p, keep, d)] > 0.5, 0.0, np.pi)
+                kept = (p.amplitude[keep] > 0) & resolution_mask(p.hkl[keep], p.cell, d)  # as truncate
                 row.update(n_reflections=len(sub), d_min_data=sub.d_min, completeness=_completeness(sub, d))
-                row.update(score_row(sub, phases, options))
+                row.update(score_row(sub, phases_full[keep][kept], options))
                 row.update(status="ok", reason="")
             except Exception as exc:  # noqa: BLE001
                 row.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
             row["seconds"] = per_structure / len(d_mins) + time.perf_counter() - t1
             out.append(row)
     return out
-
-
-def _kept_mask(p: PhasingProblem, keep: np.ndarray, d_min: float) -> np.ndarray:
-    """Which of the ``keep`` reflections survive :meth:`PhasingProblem.truncate` at d_min."""
-    from phasenet.evaluation.metrics import resolution_mask
-
-    return (p.amplitude[keep] > 0) & resolution_mask(p.hkl[keep], p.cell, d_min)
 
 
 # ---------------------------------------------------------------------------
@@ -326,9 +304,13 @@ def _progress(total, enabled):
     return tqdm(total=total, desc="evaluate", unit="task", disable=not enabled, smoothing=0.1)
 
 
-def run_forked_tasks(tasks, get_problem, options: EvaluateOptions, progress=None, on_row=None) -> list[dict]:
-    """Run (index, method, d_min) tasks in forked workers with the hard timeout."""
+def run_forked_tasks(tasks, get_problem, options: EvaluateOptions, progress=None, on_row=None,
+                     methods: dict | None = None) -> list[dict]:
+    """Run (index, method name, d_min) tasks in forked workers with the hard timeout.
+    ``methods``: name -> method, resolved here (in this process) where not given."""
     from multiprocessing.connection import wait
+
+    methods = dict(methods or {})
 
     pending = list(tasks)
     running = {}  # conn -> (proc, task, t0)
@@ -362,7 +344,9 @@ def run_forked_tasks(tasks, get_problem, options: EvaluateOptions, progress=None
                     finish(task, {"method": method, "d_min": d, "status": "failed",
                                   "reason": f"reading structure: {type(exc).__name__}: {exc}"})
                     continue
-                proc, conn = start_forked(run_task, cache[i], method, d,
+                if method not in methods:
+                    methods[method] = get_method(method)
+                proc, conn = start_forked(run_task, cache[i], methods[method], d,
                                           task_seed(options.seed, i, method, d), options)
                 running[conn] = (proc, task, time.perf_counter())
             if not running:
@@ -428,17 +412,21 @@ def evaluate_dataset(path, output_dir, options: EvaluateOptions | None = None, p
         if not indices:
             raise EvaluationError(f"{path}: no structures selected (split={options.split!r}, limit={options.limit})")
         d_mins = tuple(sorted(set(float(d) for d in options.d_min)))
-        base = [m for m in options.methods if m in BASE_METHODS]
-        models = [m for m in options.methods if m.startswith("model:")]
-        tasks = [(i, m, d) for i in indices for m in base for d in d_mins]
-        n_model = len(models) * len(indices) * len(d_mins)
+        try:
+            methods = {m: get_method(m) for m in options.methods}
+        except (UnknownMethod, ImportError, ValueError) as exc:
+            raise EvaluationError(str(exc)) from None
+        forked = [m for m in options.methods if methods[m].execution == FORKED]
+        batched = [m for m in options.methods if methods[m].execution == BATCHED]
+        tasks = [(i, m, d) for i in indices for m in forked for d in d_mins]
+        n_model = len(batched) * len(indices) * len(d_mins)
         show = progress if progress is not None else None
         bar = _progress(len(tasks) + n_model, enabled=True if show is None else bool(show))
         warm_up([tuple(x for x in src.symops[i].split(";") if x.strip()) for i in indices])
         with bar:
-            rows = run_forked_tasks(tasks, src.problem, options, progress=bar)
-            for m in models:
-                new = model_rows(src, indices, m, d_mins, options)
+            rows = run_forked_tasks(tasks, src.problem, options, progress=bar, methods=methods)
+            for m in batched:
+                new = batched_rows(src, indices, methods[m], d_mins, options)
                 rows.extend(new)
                 bar.update(len(new))
         meta = {i: (src.ids[i], src.space_groups[i]) for i in indices}
