@@ -166,7 +166,7 @@ def test_command_lines_were_found():
 
 
 @pytest.mark.parametrize("page,line,command", SHELL_COMMANDS,
-                         ids=[f"{page_id(p)}:{line}:{c[:60]}" for p, line, c in SHELL_COMMANDS])
+                         ids=[f"{page_id(p)}:{line}:{'-'.join(c.split()[:2])}" for p, line, c in SHELL_COMMANDS])
 def test_command_lines_parse(page, line, command, capsys):
     from phasenet.cli import build_parser
 
