@@ -31,7 +31,10 @@ from tests.conftest import REAL_DATA_DIR, REPO_ROOT, real_data_available
 README = REPO_ROOT / "README.md"
 PAGES = [README] + sorted((REPO_ROOT / "docs").rglob("*.md"))
 #: Pages another part of issue 11 writes; links to them may point ahead until it lands.
-PAGES_WRITTEN_ELSEWHERE = {"docs/adding-a-phasing-method.md", "docs/performance-startup.md"}
+PAGES_WRITTEN_ELSEWHERE = {"docs/performance-startup.md"}
+#: Pages whose python blocks build on each other (a module written by one block, used by the
+#: next): a test of their own runs them together, in order.
+PAGES_RUN_ELSEWHERE = {"docs/adding-a-phasing-method.md": "tests/baselines/test_registry.py"}
 #: Images shown in the README stay small (the repository carries them).
 MAX_IMAGE_BYTES = 100_000
 #: What the tour test shrinks, so that the README's tour runs in well under a minute.
@@ -94,7 +97,14 @@ def test_module_doctests():
 
 
 DOCTEST_PAGES = [p for p in PAGES if any(">>>" in b for _, b in code_blocks(p, "python"))]
-SCRIPT_BLOCKS = [(p, line, b) for p in PAGES for line, b in code_blocks(p, "python") if ">>>" not in b]
+SCRIPT_BLOCKS = [(p, line, b) for p in PAGES for line, b in code_blocks(p, "python")
+                 if ">>>" not in b and page_id(p) not in PAGES_RUN_ELSEWHERE]
+
+
+def test_pages_run_elsewhere_are_run_there():
+    for page, test in PAGES_RUN_ELSEWHERE.items():
+        name = page.rsplit("/", 1)[1]
+        assert name in (REPO_ROOT / test).read_text(), f"{test} does not run {page}"
 
 
 def test_the_docs_have_examples():
