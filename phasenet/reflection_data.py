@@ -36,7 +36,11 @@ AMPLITUDE_SOURCES = ("calc", "obs")
 
 # ---- pure functions --------------------------------------------------------------------
 def d_spacing(hkl: np.ndarray, cell) -> np.ndarray:
-    """d (Å) of each reflection; ``cell`` is (a, b, c, α, β, γ) (Å, °). inf for (0, 0, 0)."""
+    """d (Å) of each reflection; ``cell`` is (a, b, c, α, β, γ) (Å, °). inf for (0, 0, 0).
+
+    >>> d_spacing([[1, 0, 0], [1, 1, 0], [0, 0, 2]], (10, 10, 10, 90, 90, 90)).round(4).tolist()
+    [10.0, 7.0711, 5.0]
+    """
     import gemmi
 
     from phasenet.reflections import reciprocal_s2

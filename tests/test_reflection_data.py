@@ -4,12 +4,14 @@ immutability."""
 import phasenet  # noqa: F401  (first: cctbx import order)
 
 import dataclasses
+import doctest
 
 import numpy as np
 import pytest
 from cctbx import crystal, miller, sgtbx, uctbx
 from cctbx.array_family import flex
 
+import phasenet.reflection_data
 from phasenet.reflection_data import ReflectionData, amplitudes, d_spacing, resolution_mask
 from phasenet.reflections import canonical_hkl
 
@@ -146,3 +148,8 @@ def test_absent_and_centric_masks_equal_cctbx(symops, all_centric):
     assert np.array_equal(data.absent, np.array(ms.sys_absent_flags().data()))
     assert np.array_equal(data.centric, np.array(ms.centric_flags().data()))
     assert data.absent.any() and data.centric.any() and data.centric.all() == all_centric
+
+
+def test_module_doctests():
+    result = doctest.testmod(phasenet.reflection_data, verbose=False)
+    assert result.attempted > 0 and result.failed == 0

@@ -27,7 +27,8 @@ from phasenet.physics.structure_factors import SymmetryOps, expand_to_unit_cell,
 
 @dataclass(frozen=True, eq=False)
 class PhasingProblem:
-    """Reflection data, which amplitudes a method gets ('calc' or 'obs'), and the true model.
+    """Reflection data, which amplitudes a method gets (``amplitude_source`` 'calc' or 'obs'),
+    and the true model.
 
     ``hkl``, ``cell``, ``symops``, ``space_group``, ``amplitude`` (|F|, what a method may
     use), ``phase_true`` (radians) and ``intensity`` (the normalised model input, None
@@ -37,11 +38,11 @@ class PhasingProblem:
     id: str
     reflections: ReflectionData  # one of each Friedel pair; intensity_calc and phase_calc set
     atoms: AtomicModel | None  # the true model (composition for methods, positions for scoring)
-    amplitudes: str = "calc"  # |F| from intensity_calc, or 'obs': measured (0 where unmeasured)
+    amplitude_source: str = "calc"  # |F| from intensity_calc, or 'obs': measured (0 where unmeasured)
 
     def __post_init__(self):
-        if self.amplitudes not in AMPLITUDE_SOURCES:
-            raise ValueError(f"amplitudes must be 'calc' or 'obs', got {self.amplitudes!r}")
+        if self.amplitude_source not in AMPLITUDE_SOURCES:
+            raise ValueError(f"amplitude_source must be 'calc' or 'obs', got {self.amplitude_source!r}")
 
     def __len__(self) -> int:
         return len(self.reflections)
@@ -65,7 +66,7 @@ class PhasingProblem:
     @cached_property
     def amplitude(self) -> np.ndarray:
         """(R,) float64 |F| a phasing method may use (0: none, e.g. a systematic absence)."""
-        return _frozen_copy(self.reflections.amplitude(self.amplitudes))
+        return _frozen_copy(self.reflections.amplitude(self.amplitude_source))
 
     @cached_property
     def phase_true(self) -> np.ndarray:
@@ -174,10 +175,8 @@ class DatasetRows:
             self.dataset.close()
             raise
         self.path = str(self.dataset.path)
-
-    @property
-    def hkl(self) -> np.ndarray:
-        return self.dataset.hkl
+        self.hkl = self.dataset.hkl.astype(np.int64)  # (R, 3), shared by the problems
+        self.hkl.setflags(write=False)
 
     @property
     def ids(self) -> np.ndarray:
@@ -201,8 +200,8 @@ class DatasetRows:
 
     def problem(self, i: int) -> PhasingProblem:
         r = self.dataset.reflections(i)
-        return PhasingProblem(id=str(self.ids[i]), reflections=replace(r, hkl=r.hkl.astype(np.int64)),
-                              atoms=self.dataset.atoms(i), amplitudes=self.amplitudes)
+        return PhasingProblem(id=str(self.ids[i]), reflections=replace(r, hkl=self.hkl),
+                              atoms=self.dataset.atoms(i), amplitude_source=self.amplitudes)
 
 
 def problem_from_dataset(path, index: int, amplitudes: str = "calc") -> PhasingProblem:
