@@ -219,23 +219,17 @@ def patterson_from_dataset(path, index: int, source: str = "calc",
                            options: PattersonOptions | None = None) -> PattersonMap:
     """Patterson map of structure ``index`` of a dataset: ``source`` 'calc' (intensity_calc),
     'obs' (intensity_obs, measured reflections only) or 'input' (the normalised model input)."""
-    from phasenet.io.hdf5 import open_dataset
+    from phasenet.io.hdf5 import DatasetReader
 
     keys = {"calc": "intensity_calc", "obs": "intensity_obs", "input": "intensity"}
     if source not in keys:
         raise ValueError(f"source must be one of {sorted(keys)}, got {source!r}")
-    with open_dataset(path) as h5:
-        n = h5["intensity_calc"].shape[0]
-        if not 0 <= index < n:
-            raise IndexError(f"{path}: structure {index} out of range (0..{n - 1})")
-        i = h5[keys[source]][index].astype(float)
-        hkl = h5["hkl"][:]
-        cell = h5["structures/cell"][index]
-        ops = h5["structures/symops"][index]
-        ops = ops.decode() if isinstance(ops, bytes) else str(ops)
+    with DatasetReader(path) as ds:
+        i = ds.row(keys[source], index).astype(float)
+        hkl, cell, ops = ds.hkl, ds.cell(index), ds.symops(index)
     if not np.isfinite(i).any():
         raise ValueError(f"{path}: structure {index} has no {keys[source]} values")
-    return patterson_map(hkl, i, cell, [s for s in ops.split(";") if s.strip()], options)
+    return patterson_map(hkl, i, cell, list(ops), options)
 
 
 def patterson_from_cif(path, options: PattersonOptions | None = None, block: str | None = None) -> PattersonMap:

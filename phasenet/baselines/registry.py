@@ -211,9 +211,13 @@ def problem_for(method: PhasingMethod, problem: PhasingProblem, options: Evaluat
         atoms = dataclasses.replace(atoms, frac=np.full_like(atoms.frac, np.nan, dtype=float),
                          u_iso=np.full_like(atoms.u_iso, np.nan, dtype=float),
                          u_aniso=np.full_like(atoms.u_aniso, np.nan, dtype=float))
+    hidden = {}
+    if "phase_true" not in needs:  # the true phases, and the signs derived from them
+        hidden.update(phase_calc=np.full(len(problem), np.nan), sign=None)
+    if "intensity" not in needs:  # the dataset's model input (linreg-scaled with the answer)
+        hidden.update(intensity=None)
     seen = dataclasses.replace(problem, atoms=atoms,
-                    phase_true=problem.phase_true if "phase_true" in needs else np.full(len(problem), np.nan),
-                    intensity=problem.intensity if "intensity" in needs else None)
+                               reflections=dataclasses.replace(problem.reflections, **hidden))
     method.check(seen, options)
     return seen
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -250,10 +250,11 @@ def batched_rows(rows_src: DatasetRows, indices, method: PhasingMethod, d_mins, 
             t1 = time.perf_counter()
             row = {"index": i, "method": name, "d_min": d}
             try:
-                sub = replace(p, hkl=p.hkl[keep], amplitude=p.amplitude[keep], phase_true=p.phase_true[keep],
-                              intensity=None)
-                sub = sub.truncate(d)
-                kept = (p.amplitude[keep] > 0) & resolution_mask(p.hkl[keep], p.cell, d)  # as truncate
+                sub0 = p.select(keep)
+                sub = sub0.truncate(d)
+                kept = (sub0.amplitude > 0) & resolution_mask(sub0.hkl, sub0.cell, d)  # as truncate
+                if int(kept.sum()) != len(sub):
+                    raise AssertionError("truncate kept other reflections than the scored phases")
                 row.update(n_reflections=len(sub), d_min_data=sub.d_min, completeness=_completeness(sub, d))
                 row.update(score_row(sub, phases_full[keep][kept], options))
                 row.update(status="ok", reason="")
@@ -290,9 +291,7 @@ def warm_up(symops_list) -> None:
 def select_structures(rows_src: DatasetRows, options: EvaluateOptions) -> list[int]:
     idx = np.arange(len(rows_src))
     if options.split is not None:
-        split = rows_src.h5["structures/split"][:]
-        split = np.array([s.decode() if isinstance(s, bytes) else s for s in split])
-        idx = idx[split == options.split]
+        idx = idx[rows_src.dataset.split_mask(options.split)]
     if options.limit is not None:
         idx = idx[: options.limit]
     return [int(i) for i in idx]
@@ -422,7 +421,7 @@ def evaluate_dataset(path, output_dir, options: EvaluateOptions | None = None, p
         n_model = len(batched) * len(indices) * len(d_mins)
         show = progress if progress is not None else None
         bar = _progress(len(tasks) + n_model, enabled=True if show is None else bool(show))
-        warm_up([tuple(x for x in src.symops[i].split(";") if x.strip()) for i in indices])
+        warm_up([src.dataset.symops(i) for i in indices])
         with bar:
             rows = run_forked_tasks(tasks, src.problem, options, progress=bar, methods=methods)
             for m in batched:
@@ -433,8 +432,7 @@ def evaluate_dataset(path, output_dir, options: EvaluateOptions | None = None, p
         centric = {}
         for i in indices:
             from phasenet.physics.structure_factors import SymmetryOps
-            ops = tuple(s for s in src.symops[i].split(";") if s.strip())
-            centric[i] = SymmetryOps.from_triplets(ops).has_origin_inversion
+            centric[i] = SymmetryOps.from_triplets(src.dataset.symops(i)).has_origin_inversion
     for r in rows:
         r["id"], r["space_group"] = meta[r["index"]]
         r["centric_origin"] = centric[r["index"]]

@@ -14,6 +14,10 @@ Schema version 1 (all readable with plain h5py; see README "Dataset schema"):
 attributes: schema_version, phasenet_version, build_options (JSON), failures (JSON),
             n_structures, n_failures, n_inputs, complete (True only in a finished file)
 
+Reading: :class:`DatasetReader` (validated once when opened; hkl, the structures
+table, per-row arrays, atoms, splits, a row as ReflectionData); :func:`read_structures_table`,
+:func:`read_atoms` and :func:`dataset_info` are one-call shortcuts over it.
+
 Per-structure arrays are chunked one structure per chunk and compressed (lzf by
 default); parts and the final file share that layout, so merging copies the
 compressed chunks without decoding them.
@@ -78,7 +82,7 @@ ATOM_COLUMNS = {
 
 
 class DatasetError(ValueError):
-    pass
+    """A file is not a dataset this phasenet can read (the message names the file and why)."""
 
 
 def _row_dataset(h5, name, n, r, compression):
@@ -362,92 +366,291 @@ class PartMerger:
             self.tmp.unlink(missing_ok=True)
 
 
-def _decode(arr):
+def decode_strings(arr: np.ndarray) -> np.ndarray:
+    """A string column as h5py reads it (bytes or str objects) -> an object array of str;
+    other arrays unchanged."""
     if arr.dtype == object:
         return np.array([x.decode() if isinstance(x, bytes) else x for x in arr], dtype=object)
     return arr
 
 
-def open_dataset(path: str | Path) -> h5py.File:
-    """Open a finished dataset read-only (refuses incomplete or foreign files)."""
-    path = Path(path)
+def _attr(value):
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class DatasetReader:
+    """A finished phasenet dataset (schema v1), opened read-only once.
+
+    Opening checks that the file is HDF5, carries a ``schema_version`` this phasenet
+    reads and is ``complete`` (a build that was interrupted leaves an incomplete file);
+    a member that is missing raises when it is first asked for. Every failure is a
+    :class:`DatasetError` naming the file and the reason.
+
+    >>> with DatasetReader("data.h5") as ds:              # doctest: +SKIP
+    ...     ds.hkl.shape, len(ds), ds.split_mask("test").sum()
+    ...     r = ds.reflections(0)                         # a ReflectionData
+    ...     atoms = ds.atoms(0)                           # an AtomicModel
+
+    ``h5`` is the open ``h5py.File`` and :meth:`dataset` a validated member, for the
+    readers that need the storage itself (chunk copies, the training's chunk reader).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            h5 = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise DatasetError(f"{self.path}: not a readable HDF5 file ({exc})") from None
+        try:
+            self.attrs = {k: _attr(v) for k, v in h5.attrs.items()}
+            check_header(self.attrs, self.path)
+        except BaseException:
+            h5.close()
+            raise
+        self.h5 = h5
+        self._columns: dict[str, np.ndarray] = {}
+        self._hkl = None
+        self._offsets = None
+
+    # -- file ------------------------------------------------------------------------------
+    def close(self) -> None:
+        self.h5.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __len__(self) -> int:
+        """The number of structures (rows)."""
+        if "intensity" in self.h5:
+            return int(self.h5["intensity"].shape[0])
+        return int(self.attrs.get("n_structures", 0))
+
+    def require(self, *names: str) -> None:
+        """Raise DatasetError unless every member ``names`` (e.g. "structures/cell") exists."""
+        missing = [n for n in names if n not in self.h5]
+        if missing:
+            raise DatasetError(f"{self.path}: missing {', '.join(repr(n) for n in missing)} "
+                               f"(not a complete phasenet schema-{SCHEMA_VERSION} dataset?)")
+
+    def dataset(self, name: str) -> h5py.Dataset:
+        """The member ``name`` (e.g. "intensity", "structures/cell") as an h5py Dataset."""
+        self.require(name)
+        return self.h5[name]
+
+    def _index(self, i: int) -> int:
+        n = len(self)
+        if not 0 <= int(i) < n:
+            raise IndexError(f"{self.path}: structure {i} out of range (0..{n - 1})")
+        return int(i)
+
+    # -- root attributes -------------------------------------------------------------------
+    @property
+    def schema_version(self) -> int:
+        return int(self.attrs["schema_version"])
+
+    @property
+    def build_options(self) -> dict:
+        return json.loads(self.attrs.get("build_options", "{}"))
+
+    @property
+    def failures(self) -> list[dict]:
+        return json.loads(self.attrs.get("failures", "[]"))
+
+    # -- reflections and per-row arrays ------------------------------------------------------
+    @property
+    def hkl(self) -> np.ndarray:
+        """(R, 3) int32, read-only: the reflections every row is given on."""
+        if self._hkl is None:
+            self._hkl = self.dataset("hkl")[...]
+            self._hkl.setflags(write=False)
+        return self._hkl
+
+    def row(self, name: str, i: int) -> np.ndarray:
+        """Row ``i`` of a per-row array (one of ROW_ARRAYS)."""
+        return self.dataset(_row_name(name, self.path))[self._index(i)]
+
+    def rows(self, name: str, idx) -> np.ndarray:
+        """Rows ``idx`` (sorted, unique) of a per-row array, one read per run of consecutive rows."""
+        return read_rows(self.dataset(_row_name(name, self.path)), np.asarray(idx, dtype=np.int64))
+
+    def reflections(self, i: int):
+        """Structure ``i``'s reflections as a :class:`~phasenet.reflection_data.ReflectionData`
+        (the stored arrays, as stored; an array the file lacks is None)."""
+        from phasenet.reflection_data import ReflectionData
+
+        i = self._index(i)
+        arrays = {k: self.h5[k][i] for k in ROW_ARRAYS if k in self.h5}
+        return ReflectionData(hkl=self.hkl, cell=self.cell(i), symops=self.symops(i),
+                              space_group=str(self.column("space_group")[i])
+                              if "structures/space_group" in self.h5 else "", **arrays)
+
+    # -- the structures table --------------------------------------------------------------
+    def column(self, name: str) -> np.ndarray:
+        """Column ``name`` of the structures table (strings decoded), read once, read-only."""
+        if name not in self._columns:
+            v = decode_strings(self.dataset(f"structures/{name}")[...])
+            v.setflags(write=False)
+            self._columns[name] = v
+        return self._columns[name]
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.column("id")
+
+    @property
+    def split(self) -> np.ndarray:
+        """(N,) str: "train" or "test" per structure."""
+        return self.column("split")
+
+    def split_mask(self, split: str) -> np.ndarray:
+        """(N,) bool: the structures of ``split``."""
+        return self.split == split
+
+    def cell(self, i: int) -> tuple[float, ...]:
+        return tuple(float(x) for x in self.column("cell")[self._index(i)])
+
+    def symops(self, i: int) -> tuple[str, ...]:
+        """Structure ``i``'s symmetry operators (xyz triplets)."""
+        return tuple(s for s in str(self.column("symops")[self._index(i)]).split(";") if s.strip())
+
+    def structures_table(self):
+        """The ``structures`` group as a pandas DataFrame (cell split into a..gamma)."""
+        import pandas as pd
+
+        g = self.dataset("structures")
+        data = {}
+        for k in g:
+            v = self.column(k)
+            if v.ndim == 2:
+                for j, name in enumerate(("a", "b", "c", "alpha", "beta", "gamma")):
+                    data[name] = v[:, j].copy()
+            else:
+                data[k] = v.copy()
+        return pd.DataFrame(data)
+
+    # -- atoms -----------------------------------------------------------------------------
+    def _atom_rows(self, i: int) -> tuple[int, int]:
+        if self._offsets is None:
+            self._offsets = self.dataset("atoms/offset")[...]
+        i = self._index(i)
+        return int(self._offsets[i]), int(self._offsets[i + 1])
+
+    def atom_columns(self, i: int) -> dict[str, np.ndarray]:
+        """Structure ``i``'s atoms: {column of ATOM_COLUMNS: array} (strings decoded)."""
+        lo, hi = self._atom_rows(i)
+        return {k: decode_strings(self.dataset(f"atoms/{k}")[lo:hi]) for k in ATOM_COLUMNS}
+
+    def atoms(self, i: int):
+        """Structure ``i``'s asymmetric unit as a :class:`~phasenet.structure.AtomicModel`."""
+        from phasenet.structure import AtomicModel
+
+        c = self.atom_columns(i)
+        return AtomicModel(label=c["label"].astype(str), element=c["element"].astype(str),
+                           charge=c["charge"].astype(np.int8), frac=c["frac"].astype(float),
+                           occupancy=c["occupancy"].astype(float), u_iso=c["u_iso"].astype(float),
+                           u_aniso=c["u_aniso"].astype(float), u_defaulted=c["u_defaulted"].astype(bool))
+
+    def atoms_table(self, i: int):
+        """Structure ``i``'s atoms as a pandas DataFrame (x y z, u11 ... u23 columns)."""
+        import pandas as pd
+
+        c = self.atom_columns(i)
+        frac, u = c["frac"], c["u_aniso"]
+        df = pd.DataFrame({"label": c["label"], "element": c["element"], "charge": c["charge"],
+                           "x": frac[:, 0], "y": frac[:, 1], "z": frac[:, 2],
+                           "occupancy": c["occupancy"], "u_iso": c["u_iso"]})
+        for j, name in enumerate(("u11", "u22", "u33", "u12", "u13", "u23")):
+            df[name] = u[:, j]
+        df["u_defaulted"] = c["u_defaulted"]
+        return df
+
+    # -- summary ---------------------------------------------------------------------------
+    def info(self) -> dict:
+        """Summary: counts, space groups, splits, normalisation, failures (see format_info)."""
+        has_obs = self.column("has_obs")
+        corr = self.column("obs_calc_corr")
+        failures = self.failures
+        return {
+            "path": str(self.path),
+            "schema_version": self.schema_version,
+            "phasenet_version": str(self.attrs["phasenet_version"]),
+            "n_structures": int(self.attrs["n_structures"]),
+            "n_reflections": int(self.dataset("hkl").shape[0]),
+            "n_inputs": int(self.attrs["n_inputs"]),
+            "n_failures": len(failures),
+            "splits": dict(Counter(self.split)),
+            "space_groups": dict(Counter(self.column("space_group")).most_common()),
+            "n_centrosymmetric": int(self.column("centrosymmetric").sum()),
+            "n_sign_labelled": int(self.column("centric_origin").sum()),
+            "n_with_obs": int(has_obs.sum()),
+            "obs_calc_corr_median": float(np.nanmedian(corr)) if has_obs.any() else None,
+            "build_options": self.build_options,
+            "failures_by_kind": dict(Counter(f.get("kind", "?") for f in failures)),
+            "failures": failures,
+        }
+
+
+def check_header(attrs: dict, path) -> None:
+    """Raise DatasetError unless root attributes ``attrs`` are those of a finished dataset
+    this phasenet reads (schema version known, ``complete``)."""
+    if "schema_version" not in attrs:
+        raise DatasetError(f"{path}: not a complete phasenet dataset (no schema_version attribute)")
     try:
-        h5 = h5py.File(path, "r")
-    except OSError as exc:
-        raise DatasetError(f"{path}: not a readable HDF5 file ({exc})") from None
-    if "schema_version" not in h5.attrs or not h5.attrs.get("complete", False):
-        h5.close()
-        raise DatasetError(f"{path}: not a complete phasenet dataset")
-    if int(h5.attrs["schema_version"]) > SCHEMA_VERSION:
-        v = int(h5.attrs["schema_version"])
-        h5.close()
-        raise DatasetError(f"{path}: schema version {v} is newer than this phasenet ({SCHEMA_VERSION})")
-    return h5
+        version = int(attrs["schema_version"])
+    except (TypeError, ValueError):
+        raise DatasetError(f"{path}: schema_version {attrs['schema_version']!r} is not a number") from None
+    if version > SCHEMA_VERSION:
+        raise DatasetError(f"{path}: schema version {version} is newer than this phasenet ({SCHEMA_VERSION})")
+    if version < 1:
+        raise DatasetError(f"{path}: schema version {version} is unknown (this phasenet reads 1..{SCHEMA_VERSION})")
+    if not bool(attrs.get("complete", False)):
+        raise DatasetError(f"{path}: not a complete phasenet dataset (incomplete: the run that wrote "
+                           "it was interrupted or is still running; rerun it)")
+
+
+def _row_name(name: str, path) -> str:
+    if name not in ROW_ARRAYS:
+        raise KeyError(f"{path}: {name!r} is not a per-row array ({', '.join(ROW_ARRAYS)})")
+    return name
+
+
+def _runs(idx: np.ndarray):
+    """Split sorted indices into (start, stop, offset) runs of consecutive values."""
+    if len(idx) == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(idx) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [len(idx)]])
+    return [(int(idx[a]), int(idx[b - 1]) + 1, int(a)) for a, b in zip(starts, stops)]
+
+
+def read_rows(ds: h5py.Dataset, idx: np.ndarray) -> np.ndarray:
+    """ds[idx] for sorted unique ``idx``, one contiguous read per run of consecutive rows."""
+    out = np.empty((len(idx),) + ds.shape[1:], dtype=ds.dtype)
+    for lo, hi, off in _runs(np.asarray(idx)):
+        ds.read_direct(out, np.s_[lo:hi], np.s_[off:off + hi - lo])
+    return out
 
 
 def read_structures_table(path: str | Path):
     """The ``structures`` group as a pandas DataFrame (cell split into a..gamma)."""
-    import pandas as pd
-
-    with open_dataset(path) as h5:
-        g = h5["structures"]
-        data = {}
-        for k in g:
-            v = g[k][...]
-            if v.ndim == 2:
-                for j, name in enumerate(("a", "b", "c", "alpha", "beta", "gamma")):
-                    data[name] = v[:, j]
-            else:
-                data[k] = _decode(v)
-    return pd.DataFrame(data)
+    with DatasetReader(path) as ds:
+        return ds.structures_table()
 
 
 def read_atoms(path: str | Path, index: int):
     """The atomic model of structure ``index`` as a pandas DataFrame."""
-    import pandas as pd
-
-    with open_dataset(path) as h5:
-        a = h5["atoms"]
-        lo, hi = a["offset"][index], a["offset"][index + 1]
-        frac = a["frac"][lo:hi]
-        u = a["u_aniso"][lo:hi]
-        df = pd.DataFrame({"label": _decode(a["label"][lo:hi]), "element": _decode(a["element"][lo:hi]),
-                           "charge": a["charge"][lo:hi], "x": frac[:, 0], "y": frac[:, 1], "z": frac[:, 2],
-                           "occupancy": a["occupancy"][lo:hi], "u_iso": a["u_iso"][lo:hi]})
-        for j, name in enumerate(("u11", "u22", "u33", "u12", "u13", "u23")):
-            df[name] = u[:, j]
-        df["u_defaulted"] = a["u_defaulted"][lo:hi]
-    return df
+    with DatasetReader(path) as ds:
+        return ds.atoms_table(index)
 
 
 def dataset_info(path: str | Path) -> dict:
     """Summary of a dataset: counts, space groups, splits, normalisation, failures."""
-    with open_dataset(path) as h5:
-        g = h5["structures"]
-        sg = _decode(g["space_group"][...])
-        split = _decode(g["split"][...])
-        has_obs = g["has_obs"][...]
-        corr = g["obs_calc_corr"][...]
-        failures = json.loads(h5.attrs["failures"])
-        info = {
-            "path": str(path),
-            "schema_version": int(h5.attrs["schema_version"]),
-            "phasenet_version": str(h5.attrs["phasenet_version"]),
-            "n_structures": int(h5.attrs["n_structures"]),
-            "n_reflections": int(h5["hkl"].shape[0]),
-            "n_inputs": int(h5.attrs["n_inputs"]),
-            "n_failures": len(failures),
-            "splits": dict(Counter(split)),
-            "space_groups": dict(Counter(sg).most_common()),
-            "n_centrosymmetric": int(g["centrosymmetric"][...].sum()),
-            "n_sign_labelled": int(g["centric_origin"][...].sum()),
-            "n_with_obs": int(has_obs.sum()),
-            "obs_calc_corr_median": float(np.nanmedian(corr)) if has_obs.any() else None,
-            "build_options": json.loads(h5.attrs["build_options"]),
-            "failures_by_kind": dict(Counter(f.get("kind", "?") for f in failures)),
-            "failures": failures,
-        }
-    return info
+    with DatasetReader(path) as ds:
+        return ds.info()
 
 
 def format_info(info: dict, max_failures: int = 20) -> str:

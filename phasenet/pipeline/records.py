@@ -2,7 +2,9 @@
 
 :func:`compute_record` is the whole per-structure computation of a build: unit
 cell contents, F on the canonical grid, sign labels, measured intensities merged
-onto the grid, and the normalised model input.
+onto the grid, and the normalised model input. A :class:`StructureRecord` is the
+structure's :class:`~phasenet.reflection_data.ReflectionData` (what the dataset row
+stores) plus the structure and the values of its ``structures`` table row.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import gemmi
 
 from phasenet.physics.merging import MergedObservations, merge_onto_grid
 from phasenet.physics.normalisation import NormalisationResult, normalise
+from phasenet.reflection_data import ReflectionData
 from phasenet.reflections import reciprocal_metric
 from phasenet.structure import Structure
 from phasenet.physics.structure_factors import (
@@ -26,14 +29,14 @@ from phasenet.physics.structure_factors import (
 SIGN_PLUS, SIGN_MINUS, NO_SIGN = 1, 0, -1
 
 
-@dataclass(frozen=True)
-class StructureRecord:
+@dataclass(frozen=True, eq=False, kw_only=True)
+class StructureRecord(ReflectionData):
+    """One dataset row as computed: the reflection data (float32 ``intensity_calc``
+    |F|², ``phase_calc`` radians in (-π, π], ``intensity_obs`` NaN where not measured,
+    ``intensity`` the normalised model input, int8 ``sign``: 1 phase 0, 0 phase π,
+    -1 no label) of ``structure``, and its metadata."""
+
     structure: Structure
-    intensity_calc: np.ndarray  # (R,) float32, |F|²
-    phase_calc: np.ndarray  # (R,) float32, radians in (-π, π]
-    intensity_obs: np.ndarray  # (R,) float32, NaN where not measured
-    intensity: np.ndarray  # (R,) float32, normalised model input
-    sign: np.ndarray  # (R,) int8: 1 phase 0, 0 phase π, -1 no label
     centrosymmetric: bool
     centric_origin: bool  # an inversion centre at the origin: signs are labels
     n_atoms_cell: int
@@ -129,6 +132,10 @@ def compute_record(structure: Structure, hkl: np.ndarray, normalisation: str = "
 
     atoms = structure.atoms
     return StructureRecord(
+        hkl=hkl,
+        cell=structure.cell,
+        symops=structure.symops,
+        space_group=structure.space_group,
         structure=structure,
         intensity_calc=amp2.astype(np.float32),
         phase_calc=phase.astype(np.float32),

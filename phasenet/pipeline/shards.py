@@ -28,6 +28,8 @@ import json
 import os
 from pathlib import Path
 
+from phasenet.io.hdf5 import ROW_ARRAYS, DatasetError, DatasetReader
+
 #: Root attributes that mark a dataset as one shard of a set.
 SHARD_ATTRS = ("shard_index", "shard_count", "n_inputs_total", "inputs_fingerprint")
 #: Root attributes that may differ between the shards of one set (besides SHARD_ATTRS).
@@ -38,7 +40,7 @@ IGNORED_ATTRS: tuple[str, ...] = ()
 BLOCK_ROWS = 1024  # rows per read/write when chunks cannot be copied as they are
 
 
-class ShardError(ValueError):
+class ShardError(DatasetError):
     """The shard files do not form one complete, consistent set (the message says why)."""
 
 
@@ -96,30 +98,19 @@ def _expand(paths) -> list[Path]:
 
 def read_shard_header(path: Path) -> dict:
     """Root attributes of one shard (decoded), with the reasons it cannot be used."""
-    import h5py
-
-    from phasenet.io.hdf5 import SCHEMA_VERSION
-
     try:
-        h5 = h5py.File(path, "r")
-    except OSError as exc:
-        raise ShardError(f"{path}: not a readable HDF5 file ({exc})") from None
-    with h5:
-        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in h5.attrs.items()}
-        if "schema_version" not in attrs:
-            raise ShardError(f"{path}: not a phasenet dataset (no schema_version attribute)")
-        if int(attrs["schema_version"]) > SCHEMA_VERSION:
-            raise ShardError(f"{path}: schema version {attrs['schema_version']} is newer than "
-                             f"this phasenet ({SCHEMA_VERSION})")
-        if not bool(attrs.get("complete", False)):
-            raise ShardError(f"{path}: incomplete (its build was interrupted; rerun that shard)")
+        ds = DatasetReader(path)
+    except DatasetError as exc:
+        raise ShardError(str(exc)) from None
+    with ds:
+        attrs = dict(ds.attrs)
         if "synth" in attrs and "shard_index" not in attrs:
             _synth_shard_attrs(attrs)
         missing = [k for k in SHARD_ATTRS if k not in attrs]
         if missing:
             raise ShardError(f"{path}: not a shard (no {', '.join(missing)} attribute; "
                              "build shards with --shard I/N)")
-        attrs["_n_rows"] = int(h5["intensity"].shape[0]) if "intensity" in h5 else 0
+        attrs["_n_rows"] = len(ds) if "intensity" in ds.h5 else 0
     return attrs
 
 
@@ -196,7 +187,7 @@ def _layout(h5) -> dict[str, str]:
             kinds[name] = "offset"
         elif name.startswith("atoms/"):
             kinds[name] = "atom"
-        elif name.startswith("structures/") or name in _ROW_NAMES or (
+        elif name.startswith("structures/") or name in ROW_ARRAYS or (
                 name != "hkl" and "/" not in name and obj.ndim >= 1 and obj.shape[0] == n):
             kinds[name] = "row"
         else:
@@ -204,9 +195,6 @@ def _layout(h5) -> dict[str, str]:
 
     h5.visititems(visit)
     return kinds
-
-
-_ROW_NAMES = ("intensity_calc", "phase_calc", "intensity_obs", "intensity", "sign")
 
 
 def _create_like(out, name, src, n_rows):
@@ -270,17 +258,17 @@ def merge_shards(shards, output, *, overwrite: bool = False, progress=None) -> d
     failures: list = []
     n_inputs = 0
     atom_counts = []
-    with h5py.File(ordered[0][0], "r") as h5:
-        kinds = _layout(h5)
-        hkl0 = h5["hkl"][...] if "hkl" in h5 else None
+    with DatasetReader(ordered[0][0]) as ds:
+        kinds = _layout(ds.h5)
+        hkl0 = ds.hkl if "hkl" in ds.h5 else None
     for p, a in ordered:
         failures += json.loads(a.get("failures", "[]"))
         n_inputs += int(a.get("n_inputs", 0))
-        with h5py.File(p, "r") as h5:
-            if _layout(h5) != kinds:
+        with DatasetReader(p) as ds:
+            if _layout(ds.h5) != kinds:
                 raise ShardError(f"{p}: holds other datasets than {ordered[0][0]}")
-            atom_counts.append(int(h5["atoms/offset"][-1]) if "atoms/offset" in h5 else 0)
-            if "hkl" in h5 and not np.array_equal(hkl0, h5["hkl"][...]):
+            atom_counts.append(int(ds.h5["atoms/offset"][-1]) if "atoms/offset" in ds.h5 else 0)
+            if "hkl" in ds.h5 and not np.array_equal(hkl0, ds.hkl):
                 raise ShardError(f"{p}: reflection set differs from {ordered[0][0]}")
     n, m = sum(n_rows), sum(atom_counts)
     if "_synth_meta" not in ref_attrs and int(ref_attrs["n_inputs_total"]) != n_inputs:
@@ -290,7 +278,8 @@ def merge_shards(shards, output, *, overwrite: bool = False, progress=None) -> d
     tmp = output.with_name(output.name + ".tmp")
     with h5py.File(tmp, "w") as out:
         out.attrs["complete"] = False
-        with h5py.File(ordered[0][0], "r") as h0:
+        with DatasetReader(ordered[0][0]) as ds0:
+            h0 = ds0.h5
             dst = {}
             for name, kind in kinds.items():
                 size = {"row": n, "atom": m, "offset": n + 1}.get(kind)
@@ -304,7 +293,8 @@ def merge_shards(shards, output, *, overwrite: bool = False, progress=None) -> d
                         out[gname].attrs[k] = v
         start, atom_start = 0, 0
         for (p, _), size, n_atoms in zip(ordered, n_rows, atom_counts):
-            with h5py.File(p, "r") as h5:
+            with DatasetReader(p) as ds:
+                h5 = ds.h5
                 for name, kind in kinds.items():
                     if kind == "row":
                         _copy_rows(h5[name], dst[name], start)

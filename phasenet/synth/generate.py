@@ -446,7 +446,7 @@ def synth_dataset(n: int, output, options: SynthOptions | None = None, *, shard=
             "index_start": start, "index_stop": stop,
             "id_format": "synth-s{seed}-{index:08d}.cif#synth-s{seed}-{index:08d}",
             "options": options.result_options()}, sort_keys=True)
-        sgs = Counter(dataset._decode(h5["structures/space_group"][...]))
+        sgs = Counter(dataset.decode_strings(h5["structures/space_group"][...]))
     os.replace(merging, output)
     shutil.rmtree(parts_dir, ignore_errors=True)
     return SynthSummary(output=output, n_requested=stop - start, n_structures=result["n_structures"],

@@ -40,7 +40,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from phasenet.io.hdf5 import DatasetError, _decode, open_dataset
+from phasenet.io.hdf5 import DatasetError, DatasetReader, read_rows
 from phasenet.reflections import canonical_hkl
 
 
@@ -69,13 +69,12 @@ def cell_features(cell: np.ndarray) -> np.ndarray:
 
 
 # ---- which rows ------------------------------------------------------------------------
-def check_dataset(h5: h5py.File, cfg, path="dataset") -> np.ndarray:
+def check_dataset(dataset: DatasetReader, cfg) -> np.ndarray:
     """Raise DataMismatchError unless the dataset fits ``cfg``; return the expected hkl."""
-    import json
-
+    path = dataset.path
     expected = canonical_hkl(cfg.data.max_index, cfg.r2_max_or_none())
-    hkl = h5["hkl"][...]
-    opts = json.loads(h5.attrs.get("build_options", "{}"))
+    hkl = dataset.hkl
+    opts = dataset.build_options
     if hkl.shape != expected.shape or not np.array_equal(hkl, expected):
         raise DataMismatchError(
             f"{path}: reflection set differs from the one the config expects: the dataset has "
@@ -89,17 +88,16 @@ def check_dataset(h5: h5py.File, cfg, path="dataset") -> np.ndarray:
     return expected
 
 
-def select_rows(h5: h5py.File, split: str, cfg, path="dataset") -> np.ndarray:
+def select_rows(dataset: DatasetReader, split: str, cfg) -> np.ndarray:
     """Sorted row indices of ``split`` (with sign labels, for the sign task), maybe subsampled."""
-    g = h5["structures"]
-    splits = _decode(g["split"][...])
-    mask = splits == split
+    path = dataset.path
+    mask = dataset.split_mask(split)
     n_split = int(mask.sum())
     if n_split == 0:
         raise DataMismatchError(f"{path}: no structures in the {split!r} split "
-                                f"(splits present: {sorted(set(splits))})")
+                                f"(splits present: {sorted(set(dataset.split))})")
     if cfg.data.task == "sign":
-        mask &= g["centric_origin"][...].astype(bool)
+        mask &= dataset.column("centric_origin").astype(bool)
         if not mask.any():
             raise DataMismatchError(
                 f"{path}: none of the {n_split} {split} structures has sign labels (sign labels "
@@ -112,29 +110,11 @@ def select_rows(h5: h5py.File, split: str, cfg, path="dataset") -> np.ndarray:
         rows = np.sort(rng.choice(rows, size=limit, replace=False))
     if cfg.data.task == "sign":  # a label check on a sample of rows: all -1 is an error
         sample = rows[np.linspace(0, len(rows) - 1, min(len(rows), 64)).astype(int)]
-        signs = read_rows(h5["sign"], np.unique(sample))
+        signs = dataset.rows("sign", np.unique(sample))
         if not (signs >= 0).any():
             raise DataMismatchError(f"{path}: the {split} structures marked as sign-labelled carry "
                                     "no sign labels (every 'sign' value is -1)")
     return rows
-
-
-def _runs(idx: np.ndarray):
-    """Split sorted indices into (start, stop, offset) runs of consecutive values."""
-    if len(idx) == 0:
-        return []
-    breaks = np.flatnonzero(np.diff(idx) != 1) + 1
-    starts = np.concatenate([[0], breaks])
-    stops = np.concatenate([breaks, [len(idx)]])
-    return [(int(idx[a]), int(idx[b - 1]) + 1, int(a)) for a, b in zip(starts, stops)]
-
-
-def read_rows(ds: h5py.Dataset, idx: np.ndarray) -> np.ndarray:
-    """ds[idx] for sorted unique ``idx``, one contiguous read per run of consecutive rows."""
-    out = np.empty((len(idx),) + ds.shape[1:], dtype=ds.dtype)
-    for lo, hi, off in _runs(np.asarray(idx)):
-        ds.read_direct(out, np.s_[lo:hi], np.s_[off:off + hi - lo])
-    return out
 
 
 _LZF, _DEFLATE = 32000, 1  # HDF5 filter ids
@@ -391,10 +371,10 @@ class BatchSource:
         self.block = cfg.data.block_rows
         self.transform = cfg.data.input_transform
         self.cell_input = cfg.model.cell_input
-        with open_dataset(self.path) as h5:
-            self.hkl = check_dataset(h5, cfg, str(self.path))
-            self.rows = select_rows(h5, split, cfg, str(self.path)) if rows is None else np.asarray(rows)
-            self.cell = h5["structures/cell"][...][self.rows] if self.cell_input else None
+        with DatasetReader(self.path) as ds:
+            self.hkl = check_dataset(ds, cfg)
+            self.rows = select_rows(ds, split, cfg) if rows is None else np.asarray(rows)
+            self.cell = ds.column("cell")[self.rows] if self.cell_input else None
         self.n = len(self.rows)
         self.n_reflections = len(self.hkl)
         window = max(cfg.data.shuffle_buffer, self.block)
@@ -404,7 +384,7 @@ class BatchSource:
         else:
             self.steps_per_epoch = -(-self.n // self.batch_size)
         self._names = ["intensity"] + (["sign", "intensity_calc"] if self.task == "sign" else [])
-        self._h5, self._mem, self._maps = None, None, {}
+        self._dataset, self._mem, self._maps = None, None, {}  # opened where batches are read
         self._lock = threading.Lock()  # guards _orders
         self._io_lock = threading.Lock()  # guards the h5py file (reads in the prefetch thread)
         self._orders: dict = {}  # epoch -> order (shared with the prefetch thread, under _lock)
@@ -448,15 +428,15 @@ class BatchSource:
             return self._orders[epoch]
 
     # -- reading ---------------------------------------------------------------------
-    def _file(self):
-        if self._h5 is None:
-            self._h5 = h5py.File(self.path, "r")
+    def _file(self) -> DatasetReader:
+        if self._dataset is None:
+            self._dataset = DatasetReader(self.path)
             self._maps = {}
-        return self._h5
+        return self._dataset
 
     def _read(self, name: str, rows: np.ndarray) -> np.ndarray:
         """Rows of one dataset (call under _io_lock): memory map, else chunk reads."""
-        h5 = self._file()
+        ds = self._file().dataset(name)
         if name not in self._maps:
             self._maps[name] = None
             if _lzf() is not None:
@@ -466,10 +446,10 @@ class BatchSource:
                     except (OSError, ValueError):
                         self._mem = False
                 if self._mem is not False:
-                    self._maps[name] = ChunkMap(h5[name], self._mem)
+                    self._maps[name] = ChunkMap(ds, self._mem)
         m = self._maps[name]
-        out = m.read(rows, self._buffer(name, len(rows), h5[name])) if m is not None else None
-        return read_rows_fast(h5[name], rows) if out is None else out
+        out = m.read(rows, self._buffer(name, len(rows), ds)) if m is not None else None
+        return read_rows_fast(ds, rows) if out is None else out
 
     def _buffer(self, name: str, n: int, ds) -> np.ndarray:
         """A window-sized array for ``name`` from the free list (reused: a fresh array of
@@ -598,9 +578,9 @@ class BatchSource:
             self._pool.shutdown(wait=True)
             self._pool = None
         self._maps, self._mem = {}, None
-        if self._h5 is not None:
-            self._h5.close()
-            self._h5 = None
+        if self._dataset is not None:
+            self._dataset.close()
+            self._dataset = None
 
     def __enter__(self):
         return self
@@ -610,14 +590,14 @@ class BatchSource:
 
     def __getstate__(self):  # what the reader process gets: no handles, threads or caches
         state = dict(self.__dict__)
-        for k in ("_h5", "_lock", "_io_lock", "_pool", "_reader", "_pending", "_cache", "_orders",
+        for k in ("_dataset", "_lock", "_io_lock", "_pool", "_reader", "_pending", "_cache", "_orders",
                   "_memory", "_mem", "_maps", "_free", "_buf_lock"):
             state.pop(k, None)
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._h5, self._reader, self._memory, self._mem, self._maps = None, None, None, None, {}
+        self._dataset, self._reader, self._memory, self._mem, self._maps = None, None, None, None, {}
         self._lock, self._io_lock = threading.Lock(), threading.Lock()
         self._orders, self._cache, self._pending, self._free = {}, {}, {}, {}
         self._buf_lock = threading.Lock()

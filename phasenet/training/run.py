@@ -312,16 +312,16 @@ def _tensorboard(out: Path):
 
 def prepare_run(cfg: TrainConfig, data=None):
     """Checks that need no Keras: the data path, the dataset against the config, the splits."""
-    from phasenet.io.hdf5 import open_dataset
+    from phasenet.io.hdf5 import DatasetReader
     from phasenet.training.data import check_dataset, select_rows
 
     path = Path(data or cfg.data.path)
     if not str(data or cfg.data.path):
         raise ConfigError("data.path is empty: give --data DATA.h5 or set data.path in the config")
-    with open_dataset(path) as h5:
-        check_dataset(h5, cfg, str(path))
-        train_rows = select_rows(h5, "train", cfg, str(path))
-        test_rows = select_rows(h5, "test", cfg, str(path))
+    with DatasetReader(path) as ds:
+        check_dataset(ds, cfg)
+        train_rows = select_rows(ds, "train", cfg)
+        test_rows = select_rows(ds, "test", cfg)
     if cfg.run.batch_size > len(train_rows):
         print(f"[train] note: batch_size {cfg.run.batch_size} > {len(train_rows)} training structures",
               file=sys.stderr)

@@ -12,13 +12,14 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT
 from phasenet.baselines import (BATCHED, FORKED, NEEDS, NotApplicable, PhasingMethod, UnknownMethod,
                                 check_method_name, get_method, method_names, problem_for, register_method,
                                 unregister_method)
 from phasenet.cli import main
 from phasenet.evaluation.evaluate import EvaluateOptions, EvaluationError, evaluate_dataset, run_task, task_seed
 from phasenet.evaluation.problem import DatasetRows, PhasingProblem
+from phasenet.reflection_data import ReflectionData
 from phasenet.structure import AtomicModel
 
 DOC = REPO_ROOT / "docs" / "adding-a-phasing-method.md"
@@ -186,9 +187,11 @@ def _problem():
                         frac=np.array([[0.1, 0.2, 0.3], [0.4, 0.1, 0.2]]), occupancy=np.ones(2),
                         u_iso=np.full(2, 0.03), u_aniso=np.full((2, 6), np.nan), u_defaulted=np.zeros(2, bool))
     hkl = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]])
-    return PhasingProblem(id="toy", hkl=hkl, amplitude=np.ones(4), phase_true=np.array([0, np.pi, 0, np.pi]),
-                          cell=(5.0, 6.0, 7.0, 90.0, 90.0, 90.0), symops=("x,y,z", "-x,-y,-z"), space_group="P -1",
-                          atoms=atoms, intensity=np.ones(4, np.float32))
+    reflections = ReflectionData(hkl=hkl, cell=(5.0, 6.0, 7.0, 90.0, 90.0, 90.0), symops=("x,y,z", "-x,-y,-z"),
+                                 space_group="P -1", intensity_calc=np.ones(4),
+                                 phase_calc=np.array([0, np.pi, 0, np.pi]), intensity=np.ones(4, np.float32),
+                                 sign=np.array([0, 1, 0, 1], np.int8))
+    return PhasingProblem(id="toy", reflections=reflections, atoms=atoms)
 
 
 def test_methods_see_only_what_they_need():
@@ -210,4 +213,4 @@ def test_methods_see_only_what_they_need():
     with pytest.raises(NotApplicable, match="heaviest element O"):
         problem_for(get_method("patterson"), light, options)
     with pytest.raises(NotApplicable, match="inversion centre"):
-        problem_for(get_method("model:runs/x"), replace(p, symops=("x,y,z",)), options)
+        problem_for(get_method("model:runs/x"), replace(p, reflections=replace(p.reflections, symops=("x,y,z",))), options)

@@ -74,7 +74,8 @@ def test_timeout_and_failure_are_rows(small_h5, tmp_path):
     # a broken structure (cell of zero volume) fails in its own row
     with DatasetRows(small_h5) as rows:
         p = rows.problem(0)
-    row = run_task(replace(p, cell=(0, 0, 0, 90, 90, 90)), "true", 1.0, 0, EvaluateOptions())
+    broken = replace(p, reflections=replace(p.reflections, cell=(0, 0, 0, 90, 90, 90)))
+    row = run_task(broken, "true", 1.0, 0, EvaluateOptions())
     assert row["status"] == "failed" and row["reason"]
 
 
