@@ -333,7 +333,7 @@ class PartMerger:
 
     def finish(self) -> dict:
         """Write the attributes, close, rename to ``output``."""
-        from phasenet import __version__
+        from phasenet.version import __version__
 
         if self.hkl is None:
             self.abort()
@@ -362,7 +362,8 @@ class PartMerger:
             self.tmp.unlink(missing_ok=True)
 
 
-def _decode(arr):
+def decode_strings(arr):
+    """An HDF5 string array as str objects (variable-length strings come back as bytes)."""
     if arr.dtype == object:
         return np.array([x.decode() if isinstance(x, bytes) else x for x in arr], dtype=object)
     return arr
@@ -398,7 +399,7 @@ def read_structures_table(path: str | Path):
                 for j, name in enumerate(("a", "b", "c", "alpha", "beta", "gamma")):
                     data[name] = v[:, j]
             else:
-                data[k] = _decode(v)
+                data[k] = decode_strings(v)
     return pd.DataFrame(data)
 
 
@@ -411,7 +412,7 @@ def read_atoms(path: str | Path, index: int):
         lo, hi = a["offset"][index], a["offset"][index + 1]
         frac = a["frac"][lo:hi]
         u = a["u_aniso"][lo:hi]
-        df = pd.DataFrame({"label": _decode(a["label"][lo:hi]), "element": _decode(a["element"][lo:hi]),
+        df = pd.DataFrame({"label": decode_strings(a["label"][lo:hi]), "element": decode_strings(a["element"][lo:hi]),
                            "charge": a["charge"][lo:hi], "x": frac[:, 0], "y": frac[:, 1], "z": frac[:, 2],
                            "occupancy": a["occupancy"][lo:hi], "u_iso": a["u_iso"][lo:hi]})
         for j, name in enumerate(("u11", "u22", "u33", "u12", "u13", "u23")):
@@ -424,8 +425,8 @@ def dataset_info(path: str | Path) -> dict:
     """Summary of a dataset: counts, space groups, splits, normalisation, failures."""
     with open_dataset(path) as h5:
         g = h5["structures"]
-        sg = _decode(g["space_group"][...])
-        split = _decode(g["split"][...])
+        sg = decode_strings(g["space_group"][...])
+        split = decode_strings(g["split"][...])
         has_obs = g["has_obs"][...]
         corr = g["obs_calc_corr"][...]
         failures = json.loads(h5.attrs["failures"])

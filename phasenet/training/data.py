@@ -40,7 +40,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from phasenet.io.hdf5 import DatasetError, _decode, open_dataset
+from phasenet.io.hdf5 import DatasetError, decode_strings, open_dataset
 from phasenet.reflections import canonical_hkl
 
 
@@ -92,7 +92,7 @@ def check_dataset(h5: h5py.File, cfg, path="dataset") -> np.ndarray:
 def select_rows(h5: h5py.File, split: str, cfg, path="dataset") -> np.ndarray:
     """Sorted row indices of ``split`` (with sign labels, for the sign task), maybe subsampled."""
     g = h5["structures"]
-    splits = _decode(g["split"][...])
+    splits = decode_strings(g["split"][...])
     mask = splits == split
     n_split = int(mask.sum())
     if n_split == 0:

@@ -12,7 +12,8 @@ from phasenet.io.cif import read_cif
 from phasenet.pipeline.records import NO_SIGN, SIGN_MINUS, SIGN_PLUS, compute_record
 from phasenet.reflections import canonical_hkl
 from phasenet.structure import Structure
-from phasenet.physics.structure_factors import SymmetryOps, _ion_label, _scattering_type, structure_factors
+from phasenet.physics.structure_factors import _ion_label, _scattering_type, structure_factors
+from phasenet.symmetry import symmetry
 
 HKL = canonical_hkl()
 
@@ -120,7 +121,7 @@ def test_against_cctbx_direct_summation(picked, sg):
     r = np.abs(np.abs(f) - np.abs(fc)).sum() / np.abs(fc).sum()
     assert r <= 0.01, f"{s.id} ({s.space_group}): amplitude R = {r:.3g} against cctbx"
 
-    ops = SymmetryOps.from_triplets(s.symops)
+    ops = symmetry(s.symops)
     if ops.has_origin_inversion:
         # the cosine-only sum used for these groups gives the same (real) F
         f_real = structure_factors(s, HKL, real=True)[keep]
@@ -270,7 +271,7 @@ def test_inversion_centre_off_the_origin(real_cif, name):
     rec = _record(str(real_cif(name)))
     assert rec.centrosymmetric and not rec.centric_origin
     assert np.all(rec.sign == NO_SIGN)
-    ops = SymmetryOps.from_triplets(rec.structure.symops)
+    ops = symmetry(rec.structure.symops)
     inv = np.all(ops.rotations == -np.eye(3, dtype=int), axis=(1, 2))
     t = ops.translations[inv][0]
     strong = rec.intensity_calc > 1e-6 * rec.intensity_calc.max()
@@ -298,7 +299,7 @@ def _compare_auto_direct(s, hkl, tol=1e-4):
     scale = np.abs(direct).sum()
     r_complex = np.abs(auto - direct).sum() / scale
     assert r_complex <= tol, f"{s.id} ({s.space_group}): complex R(auto, direct) = {r_complex:.2e}"
-    ops = SymmetryOps.from_triplets(s.symops)
+    ops = symmetry(s.symops)
     if ops.has_origin_inversion:
         assert np.all(auto.imag == 0), f"{s.id}: F not real with an inversion centre at the origin"
         strong = np.abs(direct) > 1e-5 * np.abs(direct).max()
@@ -332,19 +333,17 @@ def test_symmetric_sum_equals_direct_sum_for_every_setting(manifest):
     structures = _one_per_setting(manifest)
     assert len(structures) >= 60
     kinds = {"origin": 0, "off_origin": 0, "acentric": 0, "centred": 0}
-    from phasenet.physics.structure_factors import _symmetry_info
-
     for s in structures:
-        info = _symmetry_info(tuple(s.symops))
-        kinds["origin" if info.origin_inversion else "off_origin" if info.inversion is not None
+        sym = symmetry(s.symops)
+        kinds["origin" if sym.has_origin_inversion else "off_origin" if sym.is_centrosymmetric
               else "acentric"] += 1
-        kinds["centred"] += len(info.centring) > 1
+        kinds["centred"] += len(sym.centring) > 1
         auto, _ = _compare_auto_direct(s, HKL)
         fc, absent = cctbx_fcalc(s, HKL)
         keep = ~absent
         r = np.abs(auto[keep] - fc[keep]).sum() / np.abs(fc[keep]).sum()
         assert r <= 1e-3, f"{s.id} ({s.space_group}): complex R vs cctbx {r:.2e}"
-        if info.origin_inversion:
+        if sym.has_origin_inversion:
             strong = keep & (np.abs(fc) > 1e-6 * np.abs(fc).max())
             assert np.array_equal(np.sign(auto.real[strong]), np.sign(fc.real[strong])), s.id
     # (inversion centres away from the origin are rare in real files: the synthetic
@@ -382,7 +381,7 @@ def test_non_standard_settings(structure_of, name, shift, origin_inversion):
     inversion centre at the origin."""
     s0 = structure_of(name)
     s = _shifted(s0, shift)
-    ops = SymmetryOps.from_triplets(s.symops)
+    ops = symmetry(s.symops)
     assert ops.has_origin_inversion == origin_inversion
     hkl = canonical_hkl(6)
     auto, _ = _compare_auto_direct(s, hkl)
@@ -476,7 +475,7 @@ def test_cell_contradicting_its_operators_is_summed_directly(structure_of):
     from phasenet.physics.structure_factors import _metric_invariant, expand_to_unit_cell
 
     s = structure_of("cod-tools_Si2.cif")
-    assert not _metric_invariant(tuple(s.symops), tuple(s.cell))
+    assert not _metric_invariant(symmetry(s.symops), tuple(s.cell))
     c = expand_to_unit_cell(s)
     assert not c.exact_symmetry
     assert np.array_equal(structure_factors(s, HKL, c), structure_factors(s, HKL, c, method="direct"))
