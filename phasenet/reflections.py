@@ -7,6 +7,12 @@ representative of a Friedel pair is the one whose first non-zero index is
 positive. Order: by h²+k²+l², then h, then k, then l.
 
 max_index 10 gives 4630 reflections; adding r2_max=50 gives the study's 709.
+
+Also here, for any reflection list: the one |s|² = 1/d² (:func:`reciprocal_s2`)
+and d-spacing (:func:`d_spacings`) of phasenet, resolution cuts
+(:func:`resolution_mask`, :func:`sphere_hkl`: the complete sphere to d_min),
+Friedel representatives, integer keys (:func:`hkl_keys`, :func:`laue_asu_keys`),
+:func:`lookup` of rows in a list, and :func:`hkl_token` (a cache key for a list).
 """
 
 from __future__ import annotations
@@ -165,9 +171,9 @@ def resolution_mask(hkl: np.ndarray, cell, d_min: float | None) -> np.ndarray:
 
 def sphere_hkl(cell, d_min: float) -> np.ndarray:
     """All (h, k, l) with d ≥ d_min, one of each Friedel pair, without (0, 0, 0)."""
-    uc = gemmi.UnitCell(*[float(x) for x in cell])
-    rec = uc.reciprocal()
-    hmax = [int(np.floor(1.0 / (d_min * r))) + 1 for r in (rec.a, rec.b, rec.c)]
+    # h = a·s: on the sphere |s| <= 1/d_min, |h| <= |a| / d_min (the direct edge, not
+    # 1/|a*|, which is shorter than |a| in oblique cells)
+    hmax = [int(np.floor(float(edge) / d_min)) + 1 for edge in cell[:3]]
     r = [np.arange(-m, m + 1) for m in hmax]
     hkl = np.stack(np.meshgrid(*r, indexing="ij"), axis=-1).reshape(-1, 3)
     hkl = hkl[is_representative(hkl)]
