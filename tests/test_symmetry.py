@@ -143,3 +143,24 @@ def test_module_doctests():
 
     result = doctest.testmod(phasenet.symmetry, verbose=False)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_functions_accept_anything_symmetry_accepts():
+    """Converted once at the edge: the same result for triplets, a symbol, a number or a Symmetry."""
+    from phasenet.baselines.patterson import patterson_map
+    from phasenet.evaluation.metrics import score_phases
+
+    rng = np.random.default_rng(1)
+    hkl = canonical_hkl(4)
+    keep = ~symmetry(P21C).systematic_absences(hkl)
+    hkl = hkl[keep]
+    amp = rng.random(len(hkl)) + 0.1
+    true = np.where(rng.random(len(hkl)) < 0.5, 0.0, np.pi)
+    est = np.where(rng.random(len(hkl)) < 0.8, true, true + np.pi)
+    cell = (8.0, 9.0, 10.0, 90.0, 100.0, 90.0)
+    ref_score, ref_aligned = score_phases(hkl, amp, true, est, P21C)
+    ref_map = patterson_map(hkl, amp**2, cell, P21C).values
+    for x in ("P 21/c", 14, symmetry(P21C), ";".join(P21C)):
+        score, aligned = score_phases(hkl, amp, true, est, x)
+        assert score == ref_score and np.array_equal(aligned, ref_aligned)
+        assert np.array_equal(patterson_map(hkl, amp**2, cell, x).values, ref_map)

@@ -587,7 +587,7 @@ def heavy_atom_phases(hkl, amplitude, cell, symops, atoms: AtomicModel,
                         element=np.array([plan.element] * k), charge=np.zeros(k, np.int8),
                         frac=sol.frac, occupancy=np.ones(k), u_iso=np.full(k, 0.03),
                         u_aniso=np.full((k, 6), np.nan), u_defaulted=np.zeros(k, bool))
-    s = Structure(source="heavy-atom model", block="", cell=tuple(cell), symops=tuple(symops),
+    s = Structure(source="heavy-atom model", block="", cell=tuple(cell), symops=symmetry(symops).triplets,
                   space_group="", sg_number=0, atoms=model)
     f = structure_factors(s, np.asarray(hkl), dtype=np.float64)
     return np.angle(f), sol

@@ -250,7 +250,7 @@ def test_close_and_garbage_collection_leave_no_process(dataset):
 SCRIPT = """
 import phasenet, sys
 from phasenet.training.data import BatchSource
-from tests.test_training_data import _cfg
+from tests.training.test_training_data import _cfg
 if __name__ == "__main__":
     src = BatchSource(sys.argv[1], _cfg(), "train", shuffle=True)
     src.batch(0)
