@@ -88,7 +88,7 @@ def _ha_case(structure, d_min):
 def run_cases(kind, structures, d_mins, args):
     from tqdm import tqdm
 
-    from phasenet.baselines.charge_flipping import TimeoutExpired, run_with_timeout
+    from phasenet.util.workers import TimeoutExpired, run_with_timeout
 
     rows = []
     with tqdm(total=len(structures) * len(d_mins), desc=kind, disable=args.json) as bar:
@@ -127,7 +127,8 @@ def aggregate(rows, d_mins):
 
 
 def scoring_throughput(n_repeat: int = 20):
-    from phasenet.evaluation.metrics import atom_recovery, score_phases
+    from phasenet.evaluation.maps import atom_recovery
+    from phasenet.evaluation.metrics import score_phases
     from phasenet.evaluation.problem import problem_from_structure
     from phasenet.io.cif import read_cif
 

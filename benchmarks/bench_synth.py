@@ -50,9 +50,7 @@ def main(argv=None):
 
     import phasenet.synth.generate as synth_module
     import phasenet.synth.packing as packing_module
-    from phasenet.synth.kernels import warm_up
-
-    warm_up()
+    synth_module.warm_up()
     split = {"grow_in_cell": 0.0, "compress_packing": 0.0}
     modules = {"grow_in_cell": synth_module, "compress_packing": packing_module}
 

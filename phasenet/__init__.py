@@ -31,7 +31,7 @@ def _ensure_cctbx_runtime_first() -> None:
 
 _ensure_cctbx_runtime_first()
 
-__version__ = "0.1.0"
+from phasenet.version import __version__
 
 from phasenet.reflections import canonical_hkl
 from phasenet.pipeline.build import BuildOptions, BuildSummary, build_dataset

@@ -30,41 +30,23 @@ from typing import ClassVar
 
 import numpy as np
 
+from phasenet.reflections import d_spacings, resolution_mask
+from phasenet.symmetry import symmetry
+
 #: The values of :meth:`ReflectionData.amplitude`'s ``source``.
 AMPLITUDE_SOURCES = ("calc", "obs")
 
 
-# ---- pure functions --------------------------------------------------------------------
-def d_spacing(hkl: np.ndarray, cell) -> np.ndarray:
-    """d (Å) of each reflection; ``cell`` is (a, b, c, α, β, γ) (Å, °). inf for (0, 0, 0).
-
-    >>> d_spacing([[1, 0, 0], [1, 1, 0], [0, 0, 2]], (10, 10, 10, 90, 90, 90)).round(4).tolist()
-    [10.0, 7.0711, 5.0]
-    """
-    import gemmi
-
-    from phasenet.reflections import reciprocal_s2
-
-    uc = gemmi.UnitCell(*[float(x) for x in cell])
-    s2 = reciprocal_s2(np.asarray(hkl).reshape(-1, 3), uc)
-    with np.errstate(divide="ignore"):
-        return 1.0 / np.sqrt(s2)
-
-
-def resolution_mask(hkl: np.ndarray, cell, d_min: float | None) -> np.ndarray:
-    """True for reflections with d ≥ d_min (all if d_min is None; 1e-9 Å tolerance)."""
-    if d_min is None:
-        return np.ones(len(hkl), dtype=bool)
-    if not d_min > 0:
-        raise ValueError(f"d_min must be positive, got {d_min}")
-    return d_spacing(hkl, cell) >= d_min - 1e-9
-
-
+# ---- pure functions (d-spacings, resolution cuts and symmetry come from their own modules) ----
 def amplitudes(intensity_calc: np.ndarray, intensity_obs: np.ndarray | None = None,
                source: str = "calc") -> np.ndarray:
     """|F| (float64) from intensities. ``calc``: √I_calc. ``obs``: √max(I_obs, 0) where
     measured and not systematically absent (I_calc > 0), 0 elsewhere: a phasing method
-    sees 0 for every reflection it has no amplitude for."""
+    sees 0 for every reflection it has no amplitude for.
+
+    >>> amplitudes(np.array([4.0, 1.0, 0.0]), np.array([9.0, np.nan, 2.0]), "obs").tolist()
+    [3.0, 0.0, 0.0]
+    """
     i_calc = np.asarray(intensity_calc, dtype=np.float64)
     if source == "calc":
         return np.sqrt(np.maximum(i_calc, 0.0))
@@ -75,24 +57,6 @@ def amplitudes(intensity_calc: np.ndarray, intensity_obs: np.ndarray | None = No
         i_obs = np.where(np.isfinite(i_obs) & (i_calc > 0), np.maximum(i_obs, 0.0), 0.0)
         return np.sqrt(i_obs)
     raise ValueError(f"amplitude source must be one of {AMPLITUDE_SOURCES}, got {source!r}")
-
-
-def systematic_absences(symops, hkl: np.ndarray) -> np.ndarray:
-    """(R,) bool: reflections the operators (xyz triplets) make systematically absent."""
-    from phasenet.physics.structure_factors import SymmetryOps
-
-    group = SymmetryOps.from_triplets(tuple(symops)).group_ops()
-    h32 = np.ascontiguousarray(np.asarray(hkl).reshape(-1, 3), dtype=np.int32)
-    return np.asarray(group.systematic_absences(h32), dtype=bool)
-
-
-def centric_flags(symops, hkl: np.ndarray) -> np.ndarray:
-    """(R,) bool: centric reflections (h and -h related by a symmetry operator)."""
-    from phasenet.physics.structure_factors import SymmetryOps
-
-    group = SymmetryOps.from_triplets(tuple(symops)).group_ops()
-    h32 = np.ascontiguousarray(np.asarray(hkl).reshape(-1, 3), dtype=np.int32)
-    return np.asarray(group.centric_flag_array(h32), dtype=bool)
 
 
 def _frozen(a):
@@ -156,7 +120,7 @@ class ReflectionData:
     @property
     def d_spacing(self) -> np.ndarray:
         """(R,) d (Å) of each reflection."""
-        return d_spacing(self.hkl, self.cell)
+        return d_spacings(self.hkl, self.cell)
 
     @property
     def d_min(self) -> float:
@@ -179,12 +143,12 @@ class ReflectionData:
     @property
     def absent(self) -> np.ndarray:
         """(R,) bool: systematic absences of the space group."""
-        return systematic_absences(self.symops, self.hkl)
+        return symmetry(self.symops).systematic_absences(self.hkl)
 
     @property
     def centric(self) -> np.ndarray:
         """(R,) bool: centric reflections of the space group."""
-        return centric_flags(self.symops, self.hkl)
+        return symmetry(self.symops).is_centric(self.hkl)
 
     # -- new objects -----------------------------------------------------------------------
     def select(self, which) -> "ReflectionData":

@@ -7,6 +7,12 @@ representative of a Friedel pair is the one whose first non-zero index is
 positive. Order: by h²+k²+l², then h, then k, then l.
 
 max_index 10 gives 4630 reflections; adding r2_max=50 gives the study's 709.
+
+Also here, for any reflection list: the one |s|² = 1/d² (:func:`reciprocal_s2`)
+and d-spacing (:func:`d_spacings`) of phasenet, resolution cuts
+(:func:`resolution_mask`, :func:`sphere_hkl`: the complete sphere to d_min),
+Friedel representatives, integer keys (:func:`hkl_keys`, :func:`laue_asu_keys`),
+:func:`lookup` of rows in a list, and :func:`hkl_token` (a cache key for a list).
 """
 
 from __future__ import annotations
@@ -15,10 +21,12 @@ from functools import lru_cache
 
 import numpy as np
 
+import gemmi
+
 DEFAULT_MAX_INDEX = 10
 
 
-def _is_representative(hkl: np.ndarray) -> np.ndarray:
+def is_representative(hkl: np.ndarray) -> np.ndarray:
     """True where the first non-zero index is positive (one of each Friedel pair)."""
     h, k, l = hkl[:, 0], hkl[:, 1], hkl[:, 2]
     return (h > 0) | ((h == 0) & (k > 0)) | ((h == 0) & (k == 0) & (l > 0))
@@ -28,7 +36,7 @@ def _is_representative(hkl: np.ndarray) -> np.ndarray:
 def _canonical_hkl_cached(max_index: int, r2_max: int | None) -> np.ndarray:
     r = np.arange(-max_index, max_index + 1)
     hkl = np.stack(np.meshgrid(r, r, r, indexing="ij"), axis=-1).reshape(-1, 3)
-    hkl = hkl[_is_representative(hkl)]
+    hkl = hkl[is_representative(hkl)]
     r2 = (hkl**2).sum(axis=1)
     if r2_max is not None:
         hkl, r2 = hkl[r2 < r2_max], r2[r2 < r2_max]
@@ -58,7 +66,7 @@ def canonical_hkl(max_index: int = DEFAULT_MAX_INDEX, r2_max: int | None = None)
 def friedel_representative(hkl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Map each row to its Friedel representative; also return which rows were flipped."""
     hkl = np.asarray(hkl)
-    flipped = ~_is_representative(hkl)
+    flipped = ~is_representative(hkl)
     rep = np.where(flipped[:, None], -hkl, hkl)
     return rep, flipped
 
@@ -113,24 +121,89 @@ def lookup(grid_hkl: np.ndarray, hkl: np.ndarray) -> np.ndarray:
     return np.where(found, order[pos], -1)
 
 
-def resolution_d(hkl: np.ndarray, cell) -> np.ndarray:
-    """d-spacing (Å) of each reflection in a cell given as a gemmi.UnitCell."""
-    s2 = reciprocal_s2(hkl, cell)
-    with np.errstate(divide="ignore"):
-        return 1.0 / np.sqrt(s2)
-
-
 def reciprocal_metric(cell) -> np.ndarray:
     """Reciprocal metric tensor G* (3x3) of a gemmi.UnitCell: s² = hᵀ G* h."""
     frac = np.array(cell.frac.mat.tolist())  # fractionalisation matrix
     return frac @ frac.T
 
 
+@lru_cache(maxsize=4096)
+def _gstar(cell: tuple[float, ...]) -> np.ndarray:
+    g = reciprocal_metric(gemmi.UnitCell(*cell))
+    g.setflags(write=False)
+    return g
+
+
+def _metric(cell) -> np.ndarray:
+    if isinstance(cell, gemmi.UnitCell):
+        return reciprocal_metric(cell)
+    return _gstar(tuple(float(x) for x in cell))
+
+
 def reciprocal_s2(hkl: np.ndarray, cell) -> np.ndarray:
-    """|s|² = 1/d² for each reflection."""
-    g = reciprocal_metric(cell)
-    h = np.asarray(hkl, dtype=np.float64)
-    return np.einsum("ni,ij,nj->n", h, g, h)
+    """|s|² = 1/d² = hᵀ G* h of each reflection; ``cell`` is (a, b, c, α, β, γ) or a
+    gemmi.UnitCell. (sin θ/λ)² is a quarter of it. The one s² of phasenet.
+
+    >>> reciprocal_s2([[1, 0, 0], [1, 1, 0]], (5, 10, 10, 90, 90, 90)).round(4).tolist()
+    [0.04, 0.05]
+    """
+    g = _metric(cell)
+    h = np.asarray(hkl, dtype=np.float64).reshape(-1, 3).T  # columns: no reductions over a short axis
+    return (g[0, 0] * h[0] ** 2 + g[1, 1] * h[1] ** 2 + g[2, 2] * h[2] ** 2
+            + 2 * (g[0, 1] * h[0] * h[1] + g[0, 2] * h[0] * h[2] + g[1, 2] * h[1] * h[2]))
+
+
+def d_spacings(hkl: np.ndarray, cell) -> np.ndarray:
+    """d (Å) of each reflection (inf for (0, 0, 0)); ``cell`` as for :func:`reciprocal_s2`."""
+    s2 = reciprocal_s2(hkl, cell)
+    with np.errstate(divide="ignore"):
+        return 1.0 / np.sqrt(s2)
+
+
+def resolution_mask(hkl: np.ndarray, cell, d_min: float | None) -> np.ndarray:
+    """True for reflections with d ≥ d_min (all if d_min is None)."""
+    if d_min is None:
+        return np.ones(len(hkl), dtype=bool)
+    if d_min <= 0:
+        raise ValueError(f"d_min must be positive, got {d_min}")
+    return d_spacings(hkl, cell) >= d_min - 1e-9
+
+
+def sphere_hkl(cell, d_min: float) -> np.ndarray:
+    """All (h, k, l) with d ≥ d_min, one of each Friedel pair, without (0, 0, 0)."""
+    # h = a·s: on the sphere |s| <= 1/d_min, |h| <= |a| / d_min (the direct edge, not
+    # 1/|a*|, which is shorter than |a| in oblique cells)
+    hmax = [int(np.floor(float(edge) / d_min)) + 1 for edge in cell[:3]]
+    r = [np.arange(-m, m + 1) for m in hmax]
+    hkl = np.stack(np.meshgrid(*r, indexing="ij"), axis=-1).reshape(-1, 3)
+    hkl = hkl[is_representative(hkl)]
+    return hkl[resolution_mask(hkl, cell, d_min)].astype(np.int32)
+
+
+#: read-only reflection arrays (canonical_hkl) seen so far, by id: kept alive so that
+#: the id stays theirs; their bytes need not be hashed on every call
+_HKL_BY_ID: dict[int, np.ndarray] = {}
+
+
+def hkl_token(hkl: np.ndarray) -> tuple:
+    """(key, n) identifying a reflection list for caches: the id of a read-only array
+    that owns its data (canonical_hkl's), else the indices' bytes."""
+    if (isinstance(hkl, np.ndarray) and hkl.base is None and not hkl.flags.writeable
+            and hkl.ndim == 2):
+        if id(hkl) not in _HKL_BY_ID and len(_HKL_BY_ID) < 64:
+            _HKL_BY_ID[id(hkl)] = hkl  # kept alive: the id stays this array's
+        if _HKL_BY_ID.get(id(hkl)) is hkl:
+            return ("id", id(hkl)), len(hkl)
+    arr = np.ascontiguousarray(hkl, dtype=np.int64)
+    return ("bytes", arr.tobytes()), len(arr)
+
+
+def hkl_from_token(token: tuple, n: int) -> np.ndarray:
+    """The reflections (n, 3) int64 of a :func:`hkl_token`."""
+    kind, value = token
+    if kind == "id":
+        return np.asarray(_HKL_BY_ID[value], dtype=np.int64).reshape(n, 3)
+    return np.frombuffer(value, dtype=np.int64).reshape(n, 3)
 
 
 #: The 8 origin shifts t ∈ {0, ½}³ of a centrosymmetric cell, as 2t ∈ {0, 1}³.

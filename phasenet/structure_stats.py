@@ -62,9 +62,10 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import breadth_first_order, connected_components
 from scipy.spatial import cKDTree
 
-from phasenet.reflections import canonical_hkl, reciprocal_metric
+from phasenet.reflections import canonical_hkl, reciprocal_metric, reciprocal_s2
 from phasenet.structure import Structure
-from phasenet.physics.structure_factors import SymmetryOps, expand_to_unit_cell
+from phasenet.physics.structure_factors import expand_to_unit_cell
+from phasenet.symmetry import symmetry
 
 #: Added to the sum of covalent radii to call a pair bonded (Å).
 BOND_TOLERANCE = 0.4
@@ -296,14 +297,11 @@ def normalised_e2(structure: Structure, hkl: np.ndarray | None = None, n_shells:
     if structure.observations is not None:
         structure = dataclasses.replace(structure, observations=None)
     rec = compute_record(structure, hkl, "wilson")
-    group = SymmetryOps.from_triplets(structure.symops).group_ops()
-    h32 = np.ascontiguousarray(hkl, dtype=np.int32)
-    present = ~np.asarray(group.systematic_absences(h32), dtype=bool)
-    centric = np.asarray(group.centric_flag_array(h32), dtype=bool)
+    sym = symmetry(structure.symops)
+    present = ~sym.systematic_absences(hkl)
+    centric = sym.is_centric(hkl)
     e2 = rec.intensity.astype(np.float64)
-    gstar = reciprocal_metric(gemmi.UnitCell(*structure.cell))
-    h = hkl.astype(np.float64)
-    stol2 = np.einsum("ni,ij,nj->n", h, gstar, h) / 4.0
+    stol2 = reciprocal_s2(hkl, structure.cell) / 4.0
     idx = np.flatnonzero(present)
     for shell in np.array_split(idx[np.argsort(stol2[idx], kind="stable")], max(1, n_shells)):
         mean = e2[shell].mean() if len(shell) else 0.0
@@ -321,7 +319,7 @@ def wilson_statistic(structure: Structure, hkl: np.ndarray | None = None,
     def mean(mask):
         return float(dev[mask].mean()) if mask.any() else float("nan")
 
-    centro = SymmetryOps.from_triplets(structure.symops).is_centrosymmetric
+    centro = symmetry(structure.symops).is_centrosymmetric
     acen = mean(present & ~centric)
     return WilsonStatistic(
         mean_abs_e2m1=mean(present) if centro else acen,

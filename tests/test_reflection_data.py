@@ -12,7 +12,8 @@ from cctbx import crystal, miller, sgtbx, uctbx
 from cctbx.array_family import flex
 
 import phasenet.reflection_data
-from phasenet.reflection_data import ReflectionData, amplitudes, d_spacing, resolution_mask
+from phasenet.reflection_data import ReflectionData, amplitudes
+from phasenet.reflections import d_spacings as d_spacing, resolution_mask
 from phasenet.reflections import canonical_hkl
 
 MONOCLINIC = (7.716, 8.664, 10.812, 90.0, 102.982, 90.0)

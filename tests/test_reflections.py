@@ -128,3 +128,55 @@ def test_laue_keys_separate_non_equivalents():
         orbit = {tuple(np.array(h) @ r) for r in P2M} | {tuple(-np.array(h) @ r) for r in P2M}
         full.add(min(orbit))
     assert n_classes == len(full)
+
+
+CELLS = [(10.0, 10.0, 10.0, 90.0, 90.0, 90.0), (7.3, 11.2, 15.9, 90.0, 104.5, 90.0),
+         (6.1, 8.4, 9.7, 71.2, 83.9, 102.3), (12.0, 12.0, 7.0, 90.0, 90.0, 120.0)]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_s2_and_d_spacings_agree_with_cctbx(cell):
+    import gemmi
+    from cctbx import uctbx
+
+    from phasenet.reflections import d_spacings, reciprocal_s2
+
+    hkl = canonical_hkl(6)
+    uc = uctbx.unit_cell(cell)
+    d_cctbx = np.array([uc.d(tuple(int(v) for v in h)) for h in hkl])
+    assert np.allclose(d_spacings(hkl, cell), d_cctbx, rtol=1e-12)
+    # the same numbers for a gemmi.UnitCell, a list and a tuple
+    for c in (gemmi.UnitCell(*cell), list(cell)):
+        assert np.array_equal(reciprocal_s2(hkl, c), reciprocal_s2(hkl, cell))
+    assert np.allclose(reciprocal_s2(hkl, cell), 1 / d_cctbx**2, rtol=1e-12)
+    assert d_spacings([[0, 0, 0]], cell)[0] == np.inf
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_sphere_is_complete_to_d_min(cell):
+    from phasenet.reflections import d_spacings, is_representative, resolution_mask, sphere_hkl
+
+    d_min = 1.5
+    hkl = sphere_hkl(cell, d_min)
+    assert hkl.dtype == np.int32 and is_representative(hkl).all()
+    assert (d_spacings(hkl, cell) >= d_min - 1e-9).all()
+    # every reflection of a box twice as large that reaches d_min is in the sphere
+    m = 2 * np.abs(hkl).max(axis=0) + 1
+    box = np.stack(np.meshgrid(*(np.arange(-k, k + 1) for k in m), indexing="ij"), -1).reshape(-1, 3)
+    box = box[is_representative(box) & resolution_mask(box, cell, d_min)]
+    assert len(box) == len(hkl)
+    assert (lookup(hkl, box) >= 0).all()
+    with pytest.raises(ValueError, match="d_min must be positive"):
+        resolution_mask(hkl, cell, 0.0)
+
+
+def test_hkl_token_identifies_a_reflection_list():
+    from phasenet.reflections import hkl_from_token, hkl_token
+
+    grid = canonical_hkl(5)
+    token = hkl_token(grid)
+    assert token == hkl_token(grid) and token[0][0] == "id"  # read-only canonical array: by id
+    assert np.array_equal(hkl_from_token(*token), grid)
+    copy = np.array(grid)
+    assert hkl_token(copy)[0][0] == "bytes" and hkl_token(copy) == hkl_token(copy.astype(np.int64))
+    assert np.array_equal(hkl_from_token(*hkl_token(copy)), grid)

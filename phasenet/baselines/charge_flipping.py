@@ -14,8 +14,8 @@ such a solution (no phase transition or no sharp correlation peak) the P1 phases
 of the last cycle are returned, with ``symmetrised=False``: their origin is
 arbitrary, so they score as unsolved.
 
-:func:`charge_flip` enforces ``time_limit`` between cycles; :func:`run_with_timeout`
-runs any call in a forked process and kills it when the limit passes (the
+:func:`charge_flip` enforces ``time_limit`` between cycles;
+:func:`phasenet.util.workers.run_with_timeout` runs any call in a forked process and kills it when the limit passes (the
 evaluation uses it so that one structure can never stall a run).
 """
 
@@ -32,6 +32,7 @@ from cctbx.array_family import flex
 
 from phasenet.baselines.registry import PhasingMethod
 from phasenet.reflections import friedel_representative, lookup
+from phasenet.symmetry import symmetry
 
 
 class _IntIterations(int):
@@ -71,6 +72,10 @@ class ChargeFlippingResult:
 
 
 def crystal_symmetry(cell, symops) -> crystal.symmetry:
+    """cctbx's crystal symmetry; ``symops``: triplets (used in their order) or anything
+    :func:`phasenet.symmetry.symmetry` accepts."""
+    if not isinstance(symops, (tuple, list)):
+        symops = symmetry(symops).triplets
     group = sgtbx.space_group()
     for op in symops:
         group.expand_smx(sgtbx.rt_mx(op))
@@ -149,7 +154,7 @@ def _solve(cf, f_obs, options: ChargeFlippingOptions, quasi_e: bool, t0: float):
 
 def map_skewness(hkl, amplitude, phases, cell) -> float:
     """Skewness of the density map (observed amplitudes, given phases): high for atomic maps."""
-    from phasenet.evaluation.metrics import density_map
+    from phasenet.evaluation.maps import density_map
 
     rho = density_map(hkl, amplitude, np.where(np.isfinite(phases), phases, 0.0), cell)
     r = rho - rho.mean()
@@ -174,58 +179,6 @@ def phases_on(f_calc, hkl: np.ndarray) -> np.ndarray:
     pos = lookup(rep, want)
     out = np.where(pos >= 0, phase[np.clip(pos, 0, None)], np.nan)
     return np.where(want_flipped, -out, out)
-
-
-# ---------------------------------------------------------------------------
-# a hard time limit for any call
-
-
-class TimeoutExpired(Exception):
-    pass
-
-
-def _child(conn, fn, args, kwargs):
-    try:
-        conn.send(("ok", fn(*args, **kwargs)))
-    except BaseException as exc:  # report everything, including NotApplicable
-        conn.send(("error", (type(exc).__name__, str(exc))))
-    finally:
-        conn.close()
-
-
-def start_forked(fn, *args, **kwargs):
-    """Start ``fn(*args, **kwargs)`` in a forked process; returns (process, receiving connection)."""
-    import multiprocessing as mp
-
-    ctx = mp.get_context("fork")
-    recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(send, fn, args, kwargs), daemon=True)
-    proc.start()
-    send.close()
-    return proc, recv
-
-
-def run_with_timeout(fn, *args, timeout: float | None = None, **kwargs):
-    """Call ``fn`` in a forked process; raise TimeoutExpired after ``timeout`` s (the process is killed).
-
-    Exceptions in the child come back as RuntimeError("Type: message").
-    """
-    proc, conn = start_forked(fn, *args, **kwargs)
-    try:
-        if not conn.poll(timeout):
-            raise TimeoutExpired(f"no result after {timeout:g} s")
-        status, value = conn.recv()
-    except EOFError:
-        proc.join(1)
-        raise RuntimeError(f"worker died (exit code {proc.exitcode})") from None
-    finally:
-        if proc.is_alive():
-            proc.kill()
-        proc.join(5)
-        conn.close()
-    if status == "error":
-        raise RuntimeError(f"{value[0]}: {value[1]}")
-    return value
 
 
 # ---------------------------------------------------------------------------

@@ -30,12 +30,11 @@ import numpy as np
 
 import gemmi
 
-from phasenet.evaluation.metrics import (
-    continuous_origin_directions, d_spacings, density_map, find_peaks, min_distances, resolution_mask,
-    permissible_origin_shifts)
-from phasenet.reflections import friedel_representative, hkl_keys
+from phasenet.evaluation.maps import density_map, find_peaks, min_distances
+from phasenet.reflections import d_spacings, friedel_representative, hkl_keys, resolution_mask
 from phasenet.structure import AtomicModel, Structure
-from phasenet.physics.structure_factors import SymmetryOps, structure_factors
+from phasenet.physics.structure_factors import structure_factors
+from phasenet.symmetry import symmetry
 from phasenet.baselines.registry import NotApplicable, PhasingMethod
 
 
@@ -126,7 +125,7 @@ def _interpolate(values: np.ndarray, frac: np.ndarray) -> np.ndarray:
 def expand_to_p1(hkl: np.ndarray, values: np.ndarray, symops) -> tuple[np.ndarray, np.ndarray]:
     """Laue-group expansion: every h R (and Friedel mate) once, as one reflection of each
     Friedel pair; equivalent reflections given twice are averaged."""
-    ops = SymmetryOps.from_triplets(tuple(symops))
+    ops = symmetry(symops)
     rots = np.unique(ops.rotations, axis=0)
     hkl = np.asarray(hkl, dtype=np.int64)
     eq = np.einsum("ni,mij->mnj", hkl, rots).reshape(-1, 3)
@@ -142,11 +141,6 @@ def expand_to_p1(hkl: np.ndarray, values: np.ndarray, symops) -> tuple[np.ndarra
     return rep[first], mean
 
 
-def _epsilon(hkl: np.ndarray, symops) -> np.ndarray:
-    g = gemmi.GroupOps([gemmi.Op(t) for t in symops])
-    return np.asarray(g.epsilon_factor_array(np.ascontiguousarray(hkl, dtype=np.int32)), dtype=float)
-
-
 def shell_index(s2: np.ndarray, n_shells: int) -> np.ndarray:
     """Resolution shells of about equal counts (about 20 reflections each at least)."""
     n_shells = max(1, min(n_shells, len(s2) // 20))
@@ -159,7 +153,7 @@ def normalised_intensities(hkl, intensity, cell, symops, n_shells: int = 20) -> 
     """|E|² = I / (ε ⟨I/ε⟩_shell) (shells of equal counts in sin²θ/λ²)."""
     hkl = np.asarray(hkl)
     i = np.asarray(intensity, dtype=float)
-    eps = _epsilon(hkl, symops)
+    eps = symmetry(symops).epsilon(hkl)
     s2 = 1.0 / d_spacings(hkl, cell) ** 2
     shell = shell_index(s2, n_shells)
     mean = np.bincount(shell, weights=i / eps) / np.maximum(np.bincount(shell), 1)
@@ -180,8 +174,7 @@ def patterson_coefficients(hkl, intensity, cell, symops, options: PattersonOptio
     hkl, i = hkl[keep], i[keep]
     if options.symmetry:
         hkl, i = expand_to_p1(hkl, i, symops)
-    absent = np.asarray(gemmi.GroupOps([gemmi.Op(t) for t in symops]).systematic_absences(
-        np.ascontiguousarray(hkl, dtype=np.int32)), dtype=bool)
+    absent = symmetry(symops).systematic_absences(hkl)
     hkl, i = hkl[~absent], np.maximum(i[~absent], 0.0)
     if len(hkl) < 10:
         raise ValueError(f"only {len(hkl)} reflections left for the Patterson map")
@@ -200,7 +193,7 @@ def patterson_map(hkl, intensity, cell, symops, options: PattersonOptions | None
     """The Patterson map of intensities on reflections ``hkl`` in a cell with the given symmetry."""
     options = options or PattersonOptions()
     cell = tuple(float(x) for x in cell)
-    symops = tuple(symops)
+    symops = tuple(symops) if isinstance(symops, (tuple, list)) else symmetry(symops).triplets
     hkl, c = patterson_coefficients(hkl, intensity, cell, symops, options)
     d_min = float(d_spacings(hkl, cell).min())
     step = options.grid_step or d_min / 3.0
@@ -254,7 +247,7 @@ def patterson_from_cif(path, options: PattersonOptions | None = None, block: str
 
 def _patterson_images(u: np.ndarray, symops) -> np.ndarray:
     """(m, 3) images of one vector under the Patterson group (rotations, ±, centring)."""
-    ops = SymmetryOps.from_triplets(tuple(symops))
+    ops = symmetry(symops)
     centring = ops.translations[(ops.rotations == np.eye(3, dtype=int)).all(axis=(1, 2))]
     rots = np.unique(ops.rotations, axis=0)
     im = np.einsum("mij,j->mi", rots, u)
@@ -302,7 +295,7 @@ def harker_sections(symops) -> list[dict]:
     Operators whose Harker vectors fill a plane not perpendicular to an axis, a line
     (mirrors, glides) or all of space (inversion) give no section.
     """
-    ops = SymmetryOps.from_triplets(tuple(symops))
+    ops = symmetry(symops)
     out, seen = [], set()
     for r, s in zip(ops.rotations, ops.translations):
         m = np.eye(3) - r
@@ -399,7 +392,7 @@ def heavy_atom_plan(atoms: AtomicModel, options: HeavyAtomOptions | None = None)
 
 
 def _harker_ops(symops):
-    ops = SymmetryOps.from_triplets(tuple(symops))
+    ops = symmetry(symops)
     keep = ~(ops.rotations == np.eye(3, dtype=int)).all(axis=(1, 2))
     return ops.rotations[keep].astype(float), ops.translations[keep]
 
@@ -430,13 +423,13 @@ class HeavyAtomSolution:
 
 
 def _sym_images(x: np.ndarray, symops) -> np.ndarray:
-    ops = SymmetryOps.from_triplets(tuple(symops))
+    ops = symmetry(symops)
     return (np.einsum("mij,j->mi", ops.rotations, x) + ops.translations) % 1.0
 
 
 def _point_f(hkl: np.ndarray, xs: np.ndarray, symops) -> np.ndarray:
     """G(h) = Σ over atoms xs (k, 3) and operators of exp(2πi h·(R x + s)): equal point atoms."""
-    ops = SymmetryOps.from_triplets(tuple(symops))
+    ops = symmetry(symops)
     pos = (np.einsum("mij,kj->kmi", ops.rotations, xs) + ops.translations[None]).reshape(-1, 3)
     return np.exp(2j * np.pi * (hkl @ pos.T)).sum(axis=1)
 
@@ -450,8 +443,8 @@ def _cc(a: np.ndarray, b: np.ndarray) -> float:
 
 def _distinct_modulo_origin(cand, score, symops, cell, n_max, tol=0.5):
     """Keep candidates not equivalent (symmetry, permissible origin shift, inversion) to a stronger one."""
-    ops = SymmetryOps.from_triplets(tuple(symops))
-    shifts = permissible_origin_shifts(symops, False)
+    ops = symmetry(symops)
+    shifts = ops.origin_shifts()
     if len(shifts) > 64:  # polar directions: any shift along them is allowed anyway
         return cand[:n_max], score[:n_max]
     signs = (1.0,) if ops.is_centrosymmetric else (1.0, -1.0)
@@ -483,7 +476,7 @@ def locate_heavy_atoms(pmap: PattersonMap, element: str, n_atoms: int, hkl=None,
     """
     options = options or HeavyAtomOptions()
     symops = pmap.symops
-    ops = SymmetryOps.from_triplets(tuple(symops))
+    ops = symmetry(symops)
     rots, trans = ops.rotations.astype(float), ops.translations
     use_cc = hkl is not None and e2 is not None
     if use_cc:
@@ -532,7 +525,7 @@ def locate_heavy_atoms(pmap: PattersonMap, element: str, n_atoms: int, hkl=None,
         cand, cand_score = _distinct_modulo_origin(cand, cand_score, symops, pmap.cell, options.n_candidates)
         k, xs = pick([c[None] for c in cand], cand_score)
         placed, scores = [xs[-1]], [float(cand_score[k])]
-        variants = permissible_origin_shifts(symops, False)
+        variants = ops.origin_shifts()
         signs = (1.0,) if ops.is_centrosymmetric else (1.0, -1.0)
         if len(variants) > 512:
             variants = variants[:: len(variants) // 512 + 1]
@@ -585,7 +578,7 @@ def heavy_atom_phases(hkl, amplitude, cell, symops, atoms: AtomicModel,
                         element=np.array([plan.element] * k), charge=np.zeros(k, np.int8),
                         frac=sol.frac, occupancy=np.ones(k), u_iso=np.full(k, 0.03),
                         u_aniso=np.full((k, 6), np.nan), u_defaulted=np.zeros(k, bool))
-    s = Structure(source="heavy-atom model", block="", cell=tuple(cell), symops=tuple(symops),
+    s = Structure(source="heavy-atom model", block="", cell=tuple(cell), symops=symmetry(symops).triplets,
                   space_group="", sg_number=0, atoms=model)
     f = structure_factors(s, np.asarray(hkl), dtype=np.float64)
     return np.angle(f), sol
@@ -596,11 +589,11 @@ def match_heavy_atoms(found: np.ndarray, true: np.ndarray, cell, symops, distanc
     permissible origin shift (and enantiomorph for non-centrosymmetric groups)."""
     found = np.atleast_2d(found)
     true = np.atleast_2d(true)
-    ops = SymmetryOps.from_triplets(tuple(symops))
+    ops = symmetry(symops)
     images = np.concatenate([_sym_images(x, symops) for x in found])
-    shifts = permissible_origin_shifts(symops, False)
-    if len(continuous_origin_directions(symops)):
-        shifts = permissible_origin_shifts(symops, False, n=48)
+    shifts = ops.origin_shifts()
+    if len(ops.continuous_origin_directions()):
+        shifts = ops.origin_shifts(n=48)
     best = None
     for sgn in ((1.0,) if ops.is_centrosymmetric else (1.0, -1.0)):
         for t in shifts:

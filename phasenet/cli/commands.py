@@ -597,7 +597,7 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from phasenet import __version__
+    from phasenet.version import __version__
 
     parser = argparse.ArgumentParser(prog="phasenet", description="Machine learning for the phase problem.")
     parser.add_argument("--version", action="version", version=f"phasenet {__version__}")

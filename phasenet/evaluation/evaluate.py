@@ -38,12 +38,16 @@ from pathlib import Path
 import numpy as np
 
 
-from phasenet.baselines.charge_flipping import ChargeFlippingOptions, start_forked
+from phasenet.baselines.charge_flipping import ChargeFlippingOptions
 from phasenet.baselines.registry import (BATCHED, FORKED, NotApplicable, PhasingFailed, PhasingMethod,
                                          UnknownMethod, check_method_name, get_method, problem_for)
-from phasenet.evaluation.metrics import SOLVED_CC, atom_recovery, resolution_mask, score_phases
+from phasenet.evaluation.maps import atom_recovery
+from phasenet.evaluation.metrics import SOLVED_CC, score_phases
 from phasenet.baselines.patterson import HeavyAtomOptions
-from phasenet.evaluation.problem import DatasetRows, PhasingProblem, problem_from_structure, sphere_hkl
+from phasenet.evaluation.problem import DatasetRows, PhasingProblem, problem_from_structure
+from phasenet.reflections import resolution_mask, sphere_hkl
+from phasenet.util.progress import progress_bar
+from phasenet.util.workers import start_forked
 
 #: the methods evaluated by default (any registered name may be asked for)
 BASE_METHODS = ("true", "random", "patterson", "charge-flipping")
@@ -276,14 +280,15 @@ def warm_up(symops_list) -> None:
     import scipy.optimize  # noqa: F401
     from smtbx.ab_initio import charge_flipping  # noqa: F401
 
-    from phasenet.evaluation.metrics import ORIGIN_GRID, _allowed_mask, continuous_origin_directions
+    from phasenet.symmetry import ORIGIN_GRID, symmetry
 
     for ops in set(symops_list):
         try:
-            n = ORIGIN_GRID * (2 if len(continuous_origin_directions(ops)) else 1)
+            sym = symmetry(ops)
+            n = ORIGIN_GRID * (2 if len(sym.continuous_origin_directions()) else 1)
             for inverted in (False, True):
-                _allowed_mask(ops, inverted, n)
-                _allowed_mask(ops, inverted, ORIGIN_GRID)
+                sym.origin_shift_mask(inverted, n)
+                sym.origin_shift_mask(inverted, ORIGIN_GRID)
         except Exception:  # noqa: BLE001  (a bad structure fails in its own task)
             pass
 
@@ -295,12 +300,6 @@ def select_structures(rows_src: DatasetRows, options: EvaluateOptions) -> list[i
     if options.limit is not None:
         idx = idx[: options.limit]
     return [int(i) for i in idx]
-
-
-def _progress(total, enabled):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="evaluate", unit="task", disable=not enabled, smoothing=0.1)
 
 
 def run_forked_tasks(tasks, get_problem, options: EvaluateOptions, progress=None, on_row=None,
@@ -420,7 +419,7 @@ def evaluate_dataset(path, output_dir, options: EvaluateOptions | None = None, p
         tasks = [(i, m, d) for i in indices for m in forked for d in d_mins]
         n_model = len(batched) * len(indices) * len(d_mins)
         show = progress if progress is not None else None
-        bar = _progress(len(tasks) + n_model, enabled=True if show is None else bool(show))
+        bar = progress_bar(len(tasks) + n_model, "evaluate", "task", enabled=True if show is None else bool(show))
         warm_up([src.dataset.symops(i) for i in indices])
         with bar:
             rows = run_forked_tasks(tasks, src.problem, options, progress=bar, methods=methods)
@@ -431,8 +430,8 @@ def evaluate_dataset(path, output_dir, options: EvaluateOptions | None = None, p
         meta = {i: (src.ids[i], src.space_groups[i]) for i in indices}
         centric = {}
         for i in indices:
-            from phasenet.physics.structure_factors import SymmetryOps
-            centric[i] = SymmetryOps.from_triplets(src.dataset.symops(i)).has_origin_inversion
+            from phasenet.symmetry import symmetry
+            centric[i] = symmetry(src.dataset.symops(i)).has_origin_inversion
     for r in rows:
         r["id"], r["space_group"] = meta[r["index"]]
         r["centric_origin"] = centric[r["index"]]
@@ -523,7 +522,7 @@ def plot_vs_dmin(summary, column: str, path, ylabel: str, title: str, percent: b
 
 
 def write_report(df, summary, out: Path, dataset, options: EvaluateOptions, seconds: float) -> dict:
-    import phasenet
+    from phasenet.version import __version__
 
     files = {
         "rows": out / "evaluation.csv",
@@ -541,7 +540,7 @@ def write_report(df, summary, out: Path, dataset, options: EvaluateOptions, seco
     import cctbx  # noqa: F401
 
     config = {"dataset": str(dataset), "options": options.as_dict(), "seconds": seconds,
-              "phasenet_version": phasenet.__version__, "n_rows": len(df),
+              "phasenet_version": __version__, "n_rows": len(df),
               "status_counts": {k: int(v) for k, v in df.status.value_counts().items()}}
     files["config"].write_text(json.dumps(config, indent=2, default=str))
     return {k: str(v) for k, v in files.items()}

@@ -28,124 +28,24 @@ Metrics, over the reflections given (one of each Friedel pair):
 - intensity-weighted sign accuracy Σ I [sign right] / Σ I for structures with
   an inversion centre at the origin (NaN otherwise); for sign phases it equals
   (R + 1) / 2,
-- atom recovery: the fraction of the unit cell's non-H atoms that lie within
-  0.5 Å of one of the strongest map peaks (as many peaks as there are such
-  atoms; lattice translations included; the map is computed from the aligned
-  phases, so symmetry equivalents and the best origin are accounted for).
+- atom recovery (:func:`phasenet.evaluation.maps.atom_recovery`, computed from
+  the aligned phases).
+
+The permissible origin shifts themselves are properties of the space group:
+:meth:`phasenet.symmetry.Symmetry.origin_shifts` and
+:meth:`~phasenet.symmetry.Symmetry.continuous_origin_directions`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, asdict
-from functools import lru_cache
 
 import numpy as np
 
-import gemmi
+from phasenet.symmetry import ORIGIN_GRID, symmetry
 
-from phasenet.reflections import reciprocal_s2
-from phasenet.physics.structure_factors import SymmetryOps
-
-#: Grid of candidate origin shifts (steps of 1/ORIGIN_GRID); 24 holds 1/2, 1/3, 1/4, 1/6, 1/8.
-ORIGIN_GRID = 24
 #: Map correlation at or above which a structure counts as solved (BRIEF §5).
 SOLVED_CC = 0.7
-#: Distance (Å) within which a map peak finds an atom.
-PEAK_MATCH_DISTANCE = 0.5
-_TOL = 1e-4
-
-
-# ---------------------------------------------------------------------------
-# resolution
-
-
-def d_spacings(hkl: np.ndarray, cell) -> np.ndarray:
-    """d (Å) of each reflection; ``cell`` is (a, b, c, α, β, γ) or a gemmi.UnitCell."""
-    uc = cell if isinstance(cell, gemmi.UnitCell) else gemmi.UnitCell(*[float(x) for x in cell])
-    s2 = reciprocal_s2(np.asarray(hkl), uc)
-    with np.errstate(divide="ignore"):
-        return 1.0 / np.sqrt(s2)
-
-
-def resolution_mask(hkl: np.ndarray, cell, d_min: float | None) -> np.ndarray:
-    """True for reflections with d ≥ d_min (all if d_min is None)."""
-    if d_min is None:
-        return np.ones(len(hkl), dtype=bool)
-    if d_min <= 0:
-        raise ValueError(f"d_min must be positive, got {d_min}")
-    return d_spacings(hkl, cell) >= d_min - 1e-9
-
-
-# ---------------------------------------------------------------------------
-# permissible origin shifts
-
-
-def _ops_by_rotation(ops: SymmetryOps) -> dict[bytes, np.ndarray]:
-    out: dict[bytes, list] = {}
-    for r, t in zip(ops.rotations, ops.translations):
-        out.setdefault(r.astype(np.int64).tobytes(), []).append(t % 1.0)
-    return {k: np.array(v) for k, v in out.items()}
-
-
-def _in_set(v: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """For rows v (M, 3): is v ≡ one of ``targets`` (k, 3) modulo the lattice?"""
-    d = v[:, None, :] - targets[None, :, :]
-    d -= np.round(d)
-    return (np.abs(d) < _TOL).all(axis=2).any(axis=1)
-
-
-@lru_cache(maxsize=256)
-def _allowed_mask(symops: tuple[str, ...], inverted: bool, n: int) -> np.ndarray:
-    ops = SymmetryOps.from_triplets(symops)
-    by_rot = _ops_by_rotation(ops)
-    g = np.arange(n) / n
-    t = np.stack(np.meshgrid(g, g, g, indexing="ij"), axis=-1).reshape(-1, 3)
-    ok = np.ones(len(t), dtype=bool)
-    eye = np.eye(3, dtype=np.int64)
-    for r, s in zip(ops.rotations, ops.translations):
-        idx = np.flatnonzero(ok)
-        if not len(idx):
-            break
-        v = (-s if inverted else s)[None, :] + t[idx] @ (r - eye).T
-        ok[idx] = _in_set(v, by_rot[r.astype(np.int64).tobytes()])
-    ok.setflags(write=False)
-    return ok
-
-
-def permissible_origin_shifts(symops, inverted: bool = False, n: int = ORIGIN_GRID) -> np.ndarray:
-    """(K, 3) fractional origin shifts on the 1/n grid that the space group permits.
-
-    ``inverted=True``: the shifts that map the inverted structure's operators onto
-    the group's (empty where the enantiomorph lies in another space group, e.g.
-    P3₁ ↔ P3₂).
-
-    >>> permissible_origin_shifts(["x,y,z", "-x,-y,-z"]).shape
-    (8, 3)
-    """
-    mask = _allowed_mask(tuple(symops), bool(inverted), int(n))
-    g = np.arange(n) / n
-    t = np.stack(np.meshgrid(g, g, g, indexing="ij"), axis=-1).reshape(-1, 3)
-    return t[mask]
-
-
-@lru_cache(maxsize=256)
-def _continuous(symops: tuple[str, ...]) -> np.ndarray:
-    ops = SymmetryOps.from_triplets(symops)
-    m = np.concatenate([r - np.eye(3) for r in ops.rotations]).astype(float)
-    _, sv, vt = np.linalg.svd(m)
-    rank = int((sv > 1e-8).sum())
-    out = vt[rank:].copy()
-    out.setflags(write=False)
-    return out
-
-
-def continuous_origin_directions(symops) -> np.ndarray:
-    """(k, 3) orthonormal directions along which the origin moves freely (polar groups); k = 0..3."""
-    return _continuous(tuple(symops))
-
-
-def has_origin_inversion(symops) -> bool:
-    return SymmetryOps.from_triplets(tuple(symops)).has_origin_inversion
 
 
 # ---------------------------------------------------------------------------
@@ -188,18 +88,18 @@ def best_origin(hkl, phase_true, phase_est, weights, symops,
     total = w.sum()
     if total <= 0 or not len(hkl):
         return OriginMatch((0.0, 0.0, 0.0), False, float("nan"))
-    symops = tuple(symops)
-    centro = SymmetryOps.from_triplets(symops).is_centrosymmetric
+    sym = symmetry(symops)
+    centro = sym.is_centrosymmetric
     if enantiomorph is None:
         enantiomorph = not centro
     phase_true = np.asarray(phase_true, dtype=float)
     phase_est = np.asarray(phase_est, dtype=float)
-    directions = continuous_origin_directions(symops)
+    directions = sym.continuous_origin_directions()
     if len(directions):
         n = 2 * n  # finer start for the continuous refinement
     best = None
     for inverted in ((False, True) if enantiomorph else (False,)):
-        mask = _allowed_mask(symops, inverted, n)
+        mask = sym.origin_shift_mask(inverted, n)
         if not mask.any():
             continue
         dphi = (-phase_est if inverted else phase_est) - phase_true
@@ -210,7 +110,7 @@ def best_origin(hkl, phase_true, phase_est, weights, symops,
             shift = np.array(np.unravel_index(k, (n, n, n))) / n
             score = scores[k]
         else:
-            shifts = permissible_origin_shifts(symops, inverted, n)
+            shifts = sym.origin_shifts(inverted, n)
             scores = _r_scores(hkl, w, dphi, shifts)
             k = int(np.argmax(scores))
             shift, score = shifts[k], scores[k]
@@ -306,9 +206,10 @@ def score_phases(hkl, amplitude, phase_true, phase_est, symops,
                          f"{len(phase_true)}, {len(phase_est)}")
     if not np.isfinite(phase_est).all():
         raise ValueError("estimated phases contain NaN or inf")
-    match = best_origin(hkl, phase_true, phase_est, f**2, symops)
+    sym = symmetry(symops)
+    match = best_origin(hkl, phase_true, phase_est, f**2, sym)
     aligned = _apply(hkl, phase_est, match.shift, match.inverted)
-    centric = has_origin_inversion(symops)
+    centric = sym.has_origin_inversion
     r = map_correlation(phase_true, aligned, f)
     score = PhaseScore(
         phase_error=mean_phase_error(phase_true, aligned, f),
@@ -320,105 +221,3 @@ def score_phases(hkl, amplitude, phase_true, phase_est, symops,
         n_reflections=int((f > 0).sum()),
     )
     return score, aligned
-
-
-# ---------------------------------------------------------------------------
-# maps, peaks, atom recovery
-
-
-def _grid_size(cell, hmax: np.ndarray, d_min: float, step_fraction: float = 0.25) -> tuple[int, int, int]:
-    out = []
-    for i in range(3):
-        n = max(2 * int(hmax[i]) + 2, int(np.ceil(cell[i] / (d_min * step_fraction))))
-        n += n % 2
-        out.append(n)
-    return tuple(out)
-
-
-def density_map(hkl, amplitude, phase, cell, d_min: float | None = None,
-                grid: tuple[int, int, int] | None = None) -> np.ndarray:
-    """ρ(x) on a grid over the unit cell from one reflection of each Friedel pair (F000 left out).
-
-    With F(h) = Σ f exp(+2πi h·x) (phasenet's convention), ρ(x) = Σ_h F(h) exp(−2πi h·x).
-    """
-    hkl = np.asarray(hkl, dtype=np.int64)
-    hmax = np.abs(hkl).max(axis=0) if len(hkl) else np.ones(3, int)
-    if grid is None:
-        if d_min is None:
-            d_min = float(d_spacings(hkl, cell).min())
-        grid = _grid_size(cell, hmax, d_min)
-    grid = tuple(int(g) for g in grid)
-    if any(g <= 2 * h for g, h in zip(grid, hmax)):
-        raise ValueError(f"grid {grid} too coarse for indices up to {tuple(hmax)}")
-    f = np.asarray(amplitude, dtype=float) * np.exp(1j * np.asarray(phase, dtype=float))
-    a = np.zeros(grid, dtype=complex)
-    np.add.at(a, tuple((hkl % np.array(grid)).T), f)
-    np.add.at(a, tuple((-hkl % np.array(grid)).T), np.conj(f))
-    return np.fft.fftn(a).real / np.prod(grid)
-
-
-def find_peaks(values: np.ndarray, n_peaks: int | None = None, min_height: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Local maxima of a periodic map: (fractional positions (k, 3), heights (k,)), strongest first.
-
-    Positions are refined by a parabola through the peak and its neighbours along each axis.
-    """
-    from scipy import ndimage
-
-    v = np.asarray(values, dtype=float)
-    is_max = ndimage.maximum_filter(v, size=3, mode="wrap") == v
-    if min_height is not None:
-        is_max &= v > min_height
-    idx = np.argwhere(is_max)
-    h = v[tuple(idx.T)]
-    order = np.argsort(-h, kind="stable")
-    if n_peaks is not None:
-        order = order[:n_peaks]
-    idx, h = idx[order], h[order]
-    shape = np.array(v.shape)
-    pos = idx.astype(float)
-    for ax in range(3):
-        e = np.zeros(3, dtype=np.int64)
-        e[ax] = 1
-        lo = v[tuple(((idx - e) % shape).T)]
-        hi = v[tuple(((idx + e) % shape).T)]
-        den = lo - 2 * h + hi
-        with np.errstate(divide="ignore", invalid="ignore"):
-            delta = np.where(den < 0, 0.5 * (lo - hi) / den, 0.0)
-        pos[:, ax] += np.clip(delta, -0.5, 0.5)
-    return (pos / shape) % 1.0, h
-
-
-_IMAGES = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], dtype=float)
-
-
-def min_distances(frac_a: np.ndarray, frac_b: np.ndarray, cell) -> np.ndarray:
-    """For each row of ``frac_a``: the shortest distance (Å) to any row of ``frac_b``, lattice translations included."""
-    frac_a = np.asarray(frac_a, dtype=float).reshape(-1, 3)
-    frac_b = np.asarray(frac_b, dtype=float).reshape(-1, 3)
-    if not len(frac_b):
-        return np.full(len(frac_a), np.inf)
-    uc = cell if isinstance(cell, gemmi.UnitCell) else gemmi.UnitCell(*[float(x) for x in cell])
-    orth = np.array(uc.orth.mat.tolist())
-    out = np.empty(len(frac_a))
-    for start in range(0, len(frac_a), 256):
-        d = frac_a[start:start + 256, None, :] - frac_b[None, :, :]
-        d -= np.round(d)
-        d = d[:, :, None, :] + _IMAGES[None, None]  # (a, b, 27, 3)
-        out[start:start + 256] = np.linalg.norm(d @ orth.T, axis=-1).min(axis=(1, 2))
-    return out
-
-
-def atom_recovery(hkl, amplitude, phase, cell, atoms_frac_cell: np.ndarray, d_min: float | None = None,
-                  distance: float = PEAK_MATCH_DISTANCE, n_peaks: int | None = None) -> float:
-    """Fraction of the atoms (unit-cell fractional coordinates) within ``distance`` Å of a map peak.
-
-    The map is computed from ``phase`` (already at the true origin, e.g. the aligned
-    phases of :func:`score_phases`); the strongest ``n_peaks`` peaks (default: as many
-    as atoms) are used.
-    """
-    atoms_frac_cell = np.atleast_2d(np.asarray(atoms_frac_cell, dtype=float))
-    if not len(atoms_frac_cell):
-        return float("nan")
-    rho = density_map(hkl, amplitude, phase, cell, d_min=d_min)
-    peaks, _ = find_peaks(rho, n_peaks=n_peaks or len(atoms_frac_cell))
-    return float((min_distances(atoms_frac_cell, peaks, cell) <= distance).mean())

@@ -19,10 +19,11 @@ import numpy as np
 import gemmi
 
 from phasenet.io.hdf5 import DatasetError, DatasetReader
-from phasenet.reflection_data import AMPLITUDE_SOURCES, ReflectionData, resolution_mask
-from phasenet.reflections import _is_representative
+from phasenet.reflection_data import AMPLITUDE_SOURCES, ReflectionData
+from phasenet.reflections import is_representative, resolution_mask, sphere_hkl
 from phasenet.structure import AtomicModel, Structure
-from phasenet.physics.structure_factors import SymmetryOps, expand_to_unit_cell, structure_factors
+from phasenet.physics.structure_factors import expand_to_unit_cell, structure_factors
+from phasenet.symmetry import symmetry
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,7 +80,7 @@ class PhasingProblem:
 
     @property
     def centric_origin(self) -> bool:
-        return SymmetryOps.from_triplets(self.symops).has_origin_inversion
+        return symmetry(self.symops).has_origin_inversion
 
     @property
     def d_min(self) -> float:
@@ -128,23 +129,12 @@ def select_atoms(atoms: AtomicModel, mask) -> AtomicModel:
     return AtomicModel(*(getattr(atoms, f)[mask] for f in AtomicModel.__dataclass_fields__))
 
 
-def sphere_hkl(cell, d_min: float) -> np.ndarray:
-    """All (h, k, l) with d ≥ d_min, one of each Friedel pair, without (0, 0, 0)."""
-    uc = gemmi.UnitCell(*[float(x) for x in cell])
-    rec = uc.reciprocal()
-    hmax = [int(np.floor(1.0 / (d_min * r))) + 1 for r in (rec.a, rec.b, rec.c)]
-    r = [np.arange(-m, m + 1) for m in hmax]
-    hkl = np.stack(np.meshgrid(*r, indexing="ij"), axis=-1).reshape(-1, 3)
-    hkl = hkl[_is_representative(hkl)]
-    return hkl[resolution_mask(hkl, cell, d_min)].astype(np.int32)
-
-
 def problem_from_structure(structure: Structure, d_min: float) -> PhasingProblem:
     """Exact amplitudes and phases of ``structure`` on the complete sphere to ``d_min``."""
     hkl = sphere_hkl(structure.cell, d_min)
-    ops = SymmetryOps.from_triplets(structure.symops)
+    ops = symmetry(structure.symops)
     f = structure_factors(structure, hkl, real=ops.has_origin_inversion, dtype=np.float64)
-    absent = np.asarray(ops.group_ops().systematic_absences(np.ascontiguousarray(hkl, dtype=np.int32)), bool)
+    absent = ops.systematic_absences(hkl)
     f[absent] = 0
     with np.errstate(over="ignore", invalid="ignore"):
         if not np.isfinite(f).all() or np.abs(f).max() > np.finfo(np.float32).max ** 0.5:

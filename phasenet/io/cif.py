@@ -341,9 +341,9 @@ def _near_image_pairs(atoms: AtomicModel, symops, cell) -> list[tuple[int, int]]
     n = len(atoms)
     if n < 2:
         return []
-    from phasenet.physics.structure_factors import SymmetryOps, _canonical
+    from phasenet.symmetry import symmetry
 
-    ops = SymmetryOps.from_triplets(_canonical(tuple(symops)))
+    ops = symmetry(symops)
     m = len(ops.rotations)
     uc = gemmi.UnitCell(*cell)
     orth = np.array(uc.orth.mat.tolist())

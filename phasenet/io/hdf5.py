@@ -337,7 +337,7 @@ class PartMerger:
 
     def finish(self) -> dict:
         """Write the attributes, close, rename to ``output``."""
-        from phasenet import __version__
+        from phasenet.version import __version__
 
         if self.hkl is None:
             self.abort()

@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from phasenet.reflections import laue_asu_keys, reciprocal_metric
+from phasenet.reflections import laue_asu_keys, reciprocal_s2
 from phasenet.structure import Observations
 
 
@@ -41,13 +41,6 @@ def _grid_classes(rotations: np.ndarray, grid_hkl: np.ndarray):
     return _grid_classes_cached(rot.tobytes(), len(rot), grid.tobytes(), len(grid))
 
 
-def _s2(hkl: np.ndarray, gstar: np.ndarray) -> np.ndarray:
-    """hᵀ G* h of each row (column arithmetic: no reductions over a short axis)."""
-    h = np.asarray(hkl, dtype=np.float64).T
-    return (gstar[0, 0] * h[0] ** 2 + gstar[1, 1] * h[1] ** 2 + gstar[2, 2] * h[2] ** 2
-            + 2 * (gstar[0, 1] * h[0] * h[1] + gstar[0, 2] * h[0] * h[2] + gstar[1, 2] * h[1] * h[2]))
-
-
 def merge_onto_grid(obs: Observations, rotations: np.ndarray, grid_hkl: np.ndarray,
                     cell=None) -> MergedObservations:
     """Merge ``obs`` and spread it over ``grid_hkl``; ``cell`` (gemmi.UnitCell) lets
@@ -55,8 +48,7 @@ def merge_onto_grid(obs: Observations, rotations: np.ndarray, grid_hkl: np.ndarr
     i_obs, s_obs = obs.intensities()
     hkl = np.asarray(obs.hkl)
     if cell is not None:  # equivalents share |s|: drop what cannot reach the grid
-        gstar = reciprocal_metric(cell)
-        near = _s2(hkl, gstar) <= _s2(grid_hkl, gstar).max() * (1 + 1e-6)
+        near = reciprocal_s2(hkl, cell) <= reciprocal_s2(grid_hkl, cell).max() * (1 + 1e-6)
         hkl, i_obs, s_obs = hkl[near], i_obs[near], s_obs[near]
     if len(hkl) == 0:
         nan = np.full(len(grid_hkl), np.nan)

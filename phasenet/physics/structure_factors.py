@@ -44,100 +44,35 @@ import numpy as np
 import gemmi
 from cctbx.eltbx import xray_scattering
 
-from phasenet.reflections import reciprocal_metric
+from phasenet.reflections import hkl_from_token, hkl_token, reciprocal_metric, reciprocal_s2
 from phasenet.structure import Structure
+from phasenet.symmetry import DEN, Symmetry, symmetry
 
 TWO_PI = 2.0 * np.pi
 #: Copies of an atom closer than this (Å) are one atom on a special position.
 SPECIAL_POSITION_TOLERANCE = 0.05
-#: Symmetry operators' translations are multiples of 1/DEN (gemmi's convention).
-DEN = gemmi.Op.DEN
 METHODS = ("auto", "direct")
 _PACK = np.array([1024 * 1024, 1024, 1], dtype=np.int64)  # as reflections.hkl_keys
 
 
 @dataclass(frozen=True)
-class SymmetryOps:
-    rotations: np.ndarray  # (m, 3, 3) int, acting on fractional coordinates
-    translations: np.ndarray  # (m, 3) float, centring included
-    triplets: tuple[str, ...]  # the operators as given
+class _SummationPlan:
+    """What the fast summation needs to know about a group (cached per Symmetry)."""
 
-    @classmethod
-    def from_triplets(cls, triplets) -> "SymmetryOps":
-        return _ops_cached(tuple(triplets))
-
-    @property
-    def has_origin_inversion(self) -> bool:
-        """True if x -> -x (with a lattice translation only) is an operator."""
-        return _symmetry_info(_canonical(self.triplets)).origin_inversion
-
-    @property
-    def is_centrosymmetric(self) -> bool:
-        return _symmetry_info(_canonical(self.triplets)).inversion is not None
-
-    def group_ops(self):
-        return _group_ops_cached(self.triplets)
-
-
-@lru_cache(maxsize=512)
-def _ops_cached(triplets: tuple[str, ...]) -> SymmetryOps:
-    group = gemmi.GroupOps([gemmi.Op(t) for t in triplets])
-    rots, trans = [], []
-    for op in group:  # all operators, centring vectors included
-        rots.append(np.array(op.rot) // DEN)
-        trans.append(np.array(op.tran, dtype=float) / DEN)
-    return SymmetryOps(np.array(rots, dtype=np.int64), np.array(trans) % 1.0, triplets)
-
-
-@lru_cache(maxsize=4096)
-def _canonical(triplets: tuple[str, ...]) -> tuple[str, ...]:
-    """The operator set as a sorted tuple: one cache entry per group and setting,
-    whatever order a file lists the operators in (internal caches use it)."""
-    return tuple(sorted(set(triplets)))
-
-
-@lru_cache(maxsize=512)
-def _group_ops_cached(triplets: tuple[str, ...]):
-    return gemmi.GroupOps([gemmi.Op(t) for t in triplets])
-
-
-@dataclass(frozen=True)
-class _SymmetryInfo:
-    """What the fast summation needs to know about a group (cached per operator list)."""
-
-    trans_den: np.ndarray  # (m, 3) int: translations in units of 1/DEN, in [0, DEN)
-    proper: np.ndarray  # (m,) bool: det R = +1
     order: np.ndarray  # (m,) op indices, proper operators first (stable)
-    inversion: np.ndarray | None  # (3,) int: t (1/DEN) of an inversion x -> -x + t, if any
-    origin_inversion: bool  # an inversion with t a lattice vector exists (then t = 0)
     orbit_op: np.ndarray  # (md,) one operator of each distinct rotation
     orbit_coef: np.ndarray  # (md, 3) float: R c (c packs an index into a key)
-    centring: np.ndarray  # (nt, 3) int: translations (1/DEN) of the pure translations, 0 first
 
 
 @lru_cache(maxsize=512)
-def _symmetry_info(triplets: tuple[str, ...]) -> _SymmetryInfo:
-    ops = _ops_cached(triplets)
-    group = _group_ops_cached(triplets)
-    trans_den = np.array([op.tran for op in group], dtype=np.int64).reshape(-1, 3) % DEN
-    det = np.round(np.linalg.det(ops.rotations.astype(float))).astype(int)
-    proper = det > 0
-    inv = np.flatnonzero(np.all(ops.rotations == -np.eye(3, dtype=np.int64), axis=(1, 2)))
-    inversion, origin = None, False
-    if len(inv):  # the centre with the smallest translation: independent of the order
-        t_inv = sorted(tuple(int(v) for v in trans_den[i]) for i in inv)[0]
-        origin = not any(t_inv)
-        inversion = np.array(t_inv, dtype=np.int64)
-    order = np.argsort(~proper, kind="stable")
+def _summation_plan(sym: Symmetry) -> _SummationPlan:
+    order = np.argsort(~sym.proper, kind="stable")
     first: dict[bytes, int] = {}  # one operator per distinct rotation
-    for i, r in enumerate(ops.rotations):
+    for i, r in enumerate(sym.rotations):
         first.setdefault(r.tobytes(), i)
     pick = np.array(sorted(first.values()))
-    coef = (ops.rotations[pick] @ _PACK).astype(np.float64)
-    ident = np.all(ops.rotations == np.eye(3, dtype=np.int64), axis=(1, 2))
-    centring = trans_den[ident]
-    centring = centring[np.lexsort(centring.T[::-1])]  # (0, 0, 0) first
-    return _SymmetryInfo(trans_den, proper, order, inversion, origin, pick, coef, centring)
+    coef = (sym.rotations[pick] @ _PACK).astype(np.float64)
+    return _SummationPlan(order, pick, coef)
 
 
 @dataclass(frozen=True)
@@ -149,7 +84,7 @@ class UnitCellContents:
     type_index: np.ndarray  # (N,) into ``types``
     beta: np.ndarray  # (N, 6): b11 b22 b33 2b12 2b13 2b23, DW = exp(-hᵀβh)
     types: tuple[tuple[str, int], ...]  # (element, charge) of each scattering type
-    #: asymmetric-unit atom and operator (index into SymmetryOps) of each cell atom;
+    #: asymmetric-unit atom and operator (index into Symmetry.rotations) of each cell atom;
     #: None when the contents were not made by :func:`expand_to_unit_cell`
     asu_index: np.ndarray | None = None
     op_index: np.ndarray | None = None
@@ -184,16 +119,16 @@ def expand_to_unit_cell(structure: Structure) -> UnitCellContents:
     of its images under the operators that map it within the tolerance of itself, its
     site symmetry) and given the site-symmetric mean of those images' displacement
     tensors (as cctbx does); then one copy of each coincident set is kept (the first
-    in ``SymmetryOps`` order with proper rotations first). The cell then has the
+    in ``Symmetry`` order with proper rotations first). The cell then has the
     space group's symmetry exactly. Cell atoms are ordered by asymmetric-unit atom.
     """
-    ops = _ops_cached(_canonical(tuple(structure.symops)))
-    info = _symmetry_info(ops.triplets)
+    ops = symmetry(structure.symops)
+    plan = _summation_plan(ops)
     atoms = structure.atoms
     cell = gemmi.UnitCell(*structure.cell)
     gstar = reciprocal_metric(cell)
     orth = np.array(cell.orth.mat.tolist())
-    order = info.order
+    order = plan.order
     rot = ops.rotations[order].astype(float)
     trans = ops.translations[order]
     m, n = len(order), len(atoms)
@@ -202,7 +137,7 @@ def expand_to_unit_cell(structure: Structure) -> UnitCellContents:
     x %= 1.0  # (n, m, 3)
     keep = np.ones((n, m), dtype=bool)
     beta_asu = _beta_matrices(structure, gstar)  # (n, 3, 3)
-    metric_ok = m == 1 or _metric_invariant(ops.triplets, tuple(structure.cell))
+    metric_ok = m == 1 or _metric_invariant(ops, tuple(structure.cell))
     exact = True
     if m > 1:
         # An atom has coinciding copies iff some image lies on the atom itself (images
@@ -352,11 +287,12 @@ def structure_factors(structure: Structure, hkl: np.ndarray,
     if contents is None:
         contents = expand_to_unit_cell(structure)
     hkl = np.asarray(hkl)
+    sym = symmetry(structure.symops)
     if (method == "direct" or not contents.exact_symmetry or len(hkl) == 0
-            or not _metric_invariant(_canonical(tuple(structure.symops)), tuple(structure.cell))):
+            or not _metric_invariant(sym, tuple(structure.cell))):
         # with an inversion centre at the origin the sines cancel in ±x pairs
         real = real or (method == "auto" and contents.asu_index is not None
-                        and _symmetry_info(_canonical(tuple(structure.symops))).origin_inversion)
+                        and sym.has_origin_inversion)
         f = _direct(structure, hkl, contents, dtype, real)
     else:
         f = _symmetric(structure, hkl, contents, dtype)
@@ -367,17 +303,7 @@ def structure_factors(structure: Structure, hkl: np.ndarray,
 
 def _stol2(structure: Structure, hkl: np.ndarray) -> np.ndarray:
     """sin²θ/λ² = hᵀG*h / 4 of each row of hkl."""
-    g = _gstar(tuple(structure.cell))
-    h = np.asarray(hkl, dtype=np.float64).T
-    return (g[0, 0] * h[0] ** 2 + g[1, 1] * h[1] ** 2 + g[2, 2] * h[2] ** 2
-            + 2 * (g[0, 1] * h[0] * h[1] + g[0, 2] * h[0] * h[2] + g[1, 2] * h[1] * h[2])) / 4.0
-
-
-@lru_cache(maxsize=4096)
-def _gstar(cell: tuple[float, ...]) -> np.ndarray:
-    g = reciprocal_metric(gemmi.UnitCell(*cell))
-    g.setflags(write=False)
-    return g
+    return reciprocal_s2(hkl, structure.cell) / 4.0
 
 
 # ------------------------------------------------------------------ direct sum
@@ -433,47 +359,21 @@ class _LauePlan:
     k_centre: np.ndarray | None  # (U,) exp(2πi h·c) = _ROOTS[k_centre], inversion centre c
 
 
-def _laue_plan(triplets: tuple[str, ...], hkl: np.ndarray) -> _LauePlan:
-    # the plan depends on the set of operators, not on their order
-    return _laue_plan_cached(_canonical(tuple(triplets)), *_hkl_token(hkl))
-
-
-#: read-only reflection arrays (canonical_hkl) seen so far, by id: kept alive so that
-#: the id stays theirs; their bytes need not be hashed on every call
-_HKL_BY_ID: dict[int, np.ndarray] = {}
-
-
-def _hkl_token(hkl: np.ndarray) -> tuple:
-    """(key, n) identifying a reflection list for caches: the id of a read-only array
-    that owns its data (canonical_hkl's), else the indices' bytes."""
-    if (isinstance(hkl, np.ndarray) and hkl.base is None and not hkl.flags.writeable
-            and hkl.ndim == 2):
-        if id(hkl) not in _HKL_BY_ID and len(_HKL_BY_ID) < 64:
-            _HKL_BY_ID[id(hkl)] = hkl  # kept alive: the id stays this array's
-        if _HKL_BY_ID.get(id(hkl)) is hkl:
-            return ("id", id(hkl)), len(hkl)
-    arr = np.ascontiguousarray(hkl, dtype=np.int64)
-    return ("bytes", arr.tobytes()), len(arr)
-
-
-def _hkl_from_token(token: tuple, n: int) -> np.ndarray:
-    kind, value = token
-    if kind == "id":
-        return np.asarray(_HKL_BY_ID[value], dtype=np.int64).reshape(n, 3)
-    return np.frombuffer(value, dtype=np.int64).reshape(n, 3)
+def _laue_plan(sym: Symmetry, hkl: np.ndarray) -> _LauePlan:
+    return _laue_plan_cached(sym, *hkl_token(hkl))
 
 
 @lru_cache(maxsize=1024)
-def _laue_plan_cached(op_set: tuple[str, ...], token: tuple, n: int) -> _LauePlan:
+def _laue_plan_cached(sym: Symmetry, token: tuple, n: int) -> _LauePlan:
     """Each reflection h maps onto its orbit's representative m (the member with the
     largest packed key, as in ``reflections.laue_asu_keys``) by some rotation:
     h R = σ m, σ = ±1. With F(h R) = exp(-2πi h·t) F(h) and F(-h) = F(h)*:
     F(h) = exp(2πi h·t) F(m), conjugated when σ = -1."""
-    hkl = _hkl_from_token(token, n)
+    hkl = hkl_from_token(token, n)
     if np.abs(hkl).max(initial=0) >= 512:
         raise ValueError("Miller indices must be below 512 in magnitude")
-    info = _symmetry_info(op_set)
-    coef, pick = info.orbit_coef, info.orbit_op
+    sp = _summation_plan(sym)
+    coef, pick = sp.orbit_coef, sp.orbit_op
     h = hkl.T.astype(np.float64)  # (3, n)
     g = np.zeros(n, dtype=np.int64)
     for i, c in enumerate(coef):  # c = R c: the packed key of h R, less K0
@@ -487,16 +387,16 @@ def _laue_plan_cached(op_set: tuple[str, ...], token: tuple, n: int) -> _LauePla
     key, rep_of = np.unique(np.abs(best).astype(np.int64), return_inverse=True)
     packed = key + int(_PACK.sum()) * 512
     reps = np.stack([packed // (1024 * 1024), (packed // 1024) % 1024, packed % 1024], axis=1) - 512
-    t = info.trans_den[pick[g]]  # (n, 3)
+    t = sym.translations_den[pick[g]]  # (n, 3)
     k = (2 * (hkl[:, 0] * t[:, 0] + hkl[:, 1] * t[:, 1] + hkl[:, 2] * t[:, 2])) % (2 * DEN)
     # centring: F = 0 where some centring translation t gives h·t not an integer
-    use = np.all((reps @ info.centring.T) % DEN == 0, axis=1)
+    use = np.all((reps @ sym.centring_den.T) % DEN == 0, axis=1)
     hf = reps[use].T.astype(np.float64)
     hh = np.empty((7, hf.shape[1]), dtype=np.float32)
     hh[0], hh[1], hh[2] = hf[0] ** 2, hf[1] ** 2, hf[2] ** 2
     hh[3], hh[4], hh[5] = hf[0] * hf[1], hf[0] * hf[2], hf[1] * hf[2]
     hh[6] = 1.0
-    k_centre = None if info.inversion is None else (reps @ info.inversion) % (2 * DEN)
+    k_centre = None if sym.inversion_den is None else (reps @ sym.inversion_den) % (2 * DEN)
     plan = _LauePlan(reps, rep_of.ravel().astype(np.int64), k.astype(np.int64), best < 0,
                      use, hf.astype(np.float32), hh, hf, k_centre)
     for arr in (plan.reps, plan.rep_of, plan.k, plan.conj, plan.use, plan.ht, plan.hh, plan.hf):
@@ -505,17 +405,16 @@ def _laue_plan_cached(op_set: tuple[str, ...], token: tuple, n: int) -> _LauePla
 
 
 def _symmetric(structure, hkl, contents, dtype) -> np.ndarray:
-    ops = _ops_cached(_canonical(tuple(structure.symops)))
-    info = _symmetry_info(ops.triplets)
-    plan = _laue_plan(ops.triplets, hkl)
+    sym = symmetry(structure.symops)
+    plan = _laue_plan(sym, hkl)
     x, weight = contents.frac, contents.weight
     sel = None
-    if info.inversion is not None:
+    if sym.inversion_den is not None:
         # one atom of each inversion pair: the copies made by proper rotations
         # (operators are ordered proper first, so a copy that both make is kept as
         # the proper one); an atom whose copies are all proper-made images of each
         # other (it sits on an inversion centre's orbit) counts once, else twice
-        proper = info.proper[contents.op_index]
+        proper = sym.proper[contents.op_index]
         n_asu = int(contents.asu_index.max()) + 1
         n_all = np.bincount(contents.asu_index, minlength=n_asu)
         n_half = np.bincount(contents.asu_index[proper], minlength=n_asu)
@@ -525,11 +424,11 @@ def _symmetric(structure, hkl, contents, dtype) -> np.ndarray:
     # centring: the cell is its primitive part repeated by the centring translations t,
     # so F(h) = Σ_t exp(2πi h·t) F_primitive(h) = |T| F_primitive(h), or 0 (h absent)
     use = None
-    if len(info.centring) > 1:
-        first = _centring_representatives(x, info.centring)
+    if len(sym.centring_den) > 1:
+        first = _centring_representatives(x, sym.centring_den)
         if first is not None:
             use = plan.use
-            x, weight = x[first], weight[first] * len(info.centring)
+            x, weight = x[first], weight[first] * len(sym.centring_den)
             sel = first if sel is None else sel[first]
     type_index = contents.type_index if sel is None else contents.type_index[sel]
     beta = contents.beta if sel is None else contents.beta[sel]
@@ -538,16 +437,16 @@ def _symmetric(structure, hkl, contents, dtype) -> np.ndarray:
         q = (hf.astype(np.float32), None, hf)
     else:
         q = (plan.ht, plan.hh, plan.hf)
-    if info.inversion is not None:  # cosines about the inversion centre c: x -> 2c - x
-        x = x - info.inversion / (2.0 * DEN)
+    if sym.inversion_den is not None:  # cosines about the inversion centre c: x -> 2c - x
+        x = x - sym.inversion_den / (2.0 * DEN)
     g = _sum(x, weight, type_index, beta, q, contents.types, structure.cell, dtype,
-             imaginary=info.inversion is None)
+             imaginary=sym.inversion_den is None)
     if use is not None:
         full = np.zeros(len(plan.reps), dtype=g.dtype)
         full[use] = g
         g = full
-    if info.inversion is not None:
-        if info.origin_inversion:
+    if sym.inversion_den is not None:
+        if sym.has_origin_inversion:
             return g[plan.rep_of] * _ROOTS[plan.k].real + 0j
         f_rep = g * _ROOTS[plan.k_centre]  # exp(2πi h·c) F_centred(h)
     else:
@@ -576,12 +475,12 @@ METRIC_TOLERANCE = 1e-5
 
 
 @lru_cache(maxsize=1024)
-def _metric_invariant(triplets: tuple[str, ...], cell: tuple[float, ...]) -> bool:
+def _metric_invariant(sym: Symmetry, cell: tuple[float, ...]) -> bool:
     """True when every rotation keeps the reciprocal metric (|h R| = |h|), so symmetry-
     equivalent reflections share their form factors. A cell that contradicts its
     operators (a rhombohedral cell with a cubic F group's operators) is summed directly."""
     g = reciprocal_metric(gemmi.UnitCell(*cell))
-    r = _ops_cached(triplets).rotations.astype(float)
+    r = sym.rotations.astype(float)
     dev = np.abs(r @ g @ r.transpose(0, 2, 1) - g[None]).max()
     return bool(dev <= METRIC_TOLERANCE * np.abs(g).max())
 
@@ -601,9 +500,7 @@ def _sum(x, weight, type_index, beta, q, types, cell, dtype, imaginary):
     ln f_T(h)). (Where some f or w is not positive the form factors multiply per type.)
     """
     ht, hh, hf = q
-    g = _gstar(tuple(cell))
-    stol2 = (g[0, 0] * hf[0] ** 2 + g[1, 1] * hf[1] ** 2 + g[2, 2] * hf[2] ** 2
-             + 2 * (g[0, 1] * hf[0] * hf[1] + g[0, 2] * hf[0] * hf[2] + g[1, 2] * hf[1] * hf[2])) / 4
+    stol2 = reciprocal_s2(hf.T, cell) / 4
     f_t = form_factors(types, stol2)  # (T, U)
     keep = weight != 0
     if not keep.all():

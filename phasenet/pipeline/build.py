@@ -32,6 +32,7 @@ from phasenet.io.cif import DEFAULT_U_ISO, ReadFailure, read_cif
 from phasenet.pipeline.records import compute_record
 from phasenet.physics.normalisation import check_method
 from phasenet.reflections import DEFAULT_MAX_INDEX, canonical_hkl
+from phasenet.util.progress import progress_bar
 
 try:
     from threadpoolctl import threadpool_limits
@@ -140,7 +141,7 @@ def collect_inputs(inputs) -> list[Path]:
 
 
 def _fingerprint(files: list[Path], options: BuildOptions) -> str:
-    from phasenet import __version__
+    from phasenet.version import __version__
 
     h = hashlib.sha256()
     h.update(json.dumps(options.result_options(), sort_keys=True).encode())
@@ -197,13 +198,6 @@ def _one_blas_thread():
     return threadpool_limits(1, user_api="blas")
 
 
-def _progress_bar(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="file", disable=not enabled, file=sys.stderr,
-                dynamic_ncols=True, smoothing=0.1)
-
-
 def build_dataset(inputs, output, options: BuildOptions | None = None, *,
                   overwrite: bool = False, progress: bool | None = None,
                   shard: tuple[int, int] | None = None) -> BuildSummary:
@@ -253,7 +247,7 @@ def build_dataset(inputs, output, options: BuildOptions | None = None, *,
     # One bar in files. Each part is merged into OUT.h5.tmp as soon as it and all parts
     # before it exist, while the workers compute the rest (the merge is not a serial
     # step after the computation); the parts stay until the end, for a resumed build.
-    bar = _progress_bar(len(files), "building", progress)
+    bar = progress_bar(len(files), "building", "file", progress)
     bar.update(sum(len(s) for i, s in enumerate(slices) if part_paths[i].exists()))
     done = [p.exists() for p in part_paths]
     n_failed = 0

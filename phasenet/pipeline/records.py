@@ -19,11 +19,10 @@ import gemmi
 from phasenet.physics.merging import MergedObservations, merge_onto_grid
 from phasenet.physics.normalisation import NormalisationResult, normalise
 from phasenet.reflection_data import ReflectionData
-from phasenet.reflections import reciprocal_metric
+from phasenet.reflections import reciprocal_s2
 from phasenet.structure import Structure
-from phasenet.physics.structure_factors import (
-    SymmetryOps, _canonical, _hkl_from_token, _hkl_token, expand_to_unit_cell, form_factors,
-    structure_factors)
+from phasenet.physics.structure_factors import expand_to_unit_cell, form_factors, structure_factors
+from phasenet.symmetry import symmetry
 
 #: Sign label values.
 SIGN_PLUS, SIGN_MINUS, NO_SIGN = 1, 0, -1
@@ -59,41 +58,14 @@ def hill_formula(elements, occupancy) -> str:
     return " ".join(parts)
 
 
-def systematic_absences(triplets, hkl: np.ndarray) -> np.ndarray:
-    """(R,) bool, read-only: reflections the operators make systematically absent
-    (gemmi's rule; cached per operator set and reflection list)."""
-    triplets = tuple(triplets)
-    key = (_canonical(triplets),) + _hkl_token(hkl)
-    out = _ABSENCES.get(key)
-    if out is None:
-        # gemmi's group from the operators in their given order (it expects the zero
-        # centring vector first); the result depends only on the set
-        out = _absences(triplets, *key[1:])
-        if len(_ABSENCES) < 1024:
-            _ABSENCES[key] = out
-    return out
-
-
-_ABSENCES: dict[tuple, np.ndarray] = {}
-
-
-def _absences(triplets: tuple[str, ...], token: tuple, n: int) -> np.ndarray:
-    hkl = np.ascontiguousarray(_hkl_from_token(token, n), dtype=np.int32)
-    group = SymmetryOps.from_triplets(triplets).group_ops()
-    out = np.asarray(group.systematic_absences(np.ascontiguousarray(hkl)), dtype=bool)
-    out.setflags(write=False)
-    return out
-
-
 def compute_record(structure: Structure, hkl: np.ndarray, normalisation: str = "linreg") -> StructureRecord:
     """Everything a dataset stores for one structure (raises ValueError on failure)."""
-    ops = SymmetryOps.from_triplets(structure.symops)
-    group = ops.group_ops()
+    ops = symmetry(structure.symops)
     contents = expand_to_unit_cell(structure)
     origin = ops.has_origin_inversion
     f = structure_factors(structure, hkl, contents, real=origin)
 
-    absent = systematic_absences(ops.triplets, hkl)
+    absent = ops.systematic_absences(hkl)
     f[absent] = 0.0
     centro = ops.is_centrosymmetric
     amp2 = (f.real**2 + f.imag**2)
@@ -120,14 +92,11 @@ def compute_record(structure: Structure, hkl: np.ndarray, normalisation: str = "
 
     kwargs = {}
     if normalisation == "wilson":
-        cell = gemmi.UnitCell(*structure.cell)
-        h = hkl.astype(np.float64)
-        stol2 = np.einsum("ni,ij,nj->n", h, reciprocal_metric(cell), h) / 4.0
+        stol2 = reciprocal_s2(hkl, structure.cell) / 4.0
         ff = form_factors(contents.types, stol2)  # (T, R)
         w_type = np.bincount(contents.type_index, weights=contents.weight, minlength=len(contents.types))
         kwargs = dict(stol2=stol2, sum_f2=(w_type[:, None] * ff**2).sum(axis=0),
-                      epsilon=np.asarray(group.epsilon_factor_array(
-                          np.ascontiguousarray(hkl, dtype=np.int32)), dtype=float))
+                      epsilon=ops.epsilon(hkl))
     norm = normalise(normalisation, amp2, i_obs, absent=absent, **kwargs)
 
     atoms = structure.atoms

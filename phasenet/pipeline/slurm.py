@@ -223,7 +223,7 @@ def _log(site: dict, name: str, array: bool) -> str:
 
 
 def _new_state(kind: str, slurm_dir: Path, **extra) -> dict:
-    from phasenet import __version__
+    from phasenet.version import __version__
 
     return {"version": STATE_VERSION, "kind": kind, "phasenet_version": __version__,
             "created": _dt.datetime.now().isoformat(timespec="seconds"), "cwd": os.getcwd(),

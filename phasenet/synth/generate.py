@@ -42,10 +42,11 @@ from phasenet.physics.normalisation import check_method
 from phasenet.reflections import DEFAULT_MAX_INDEX, canonical_hkl
 from phasenet.pipeline.shards import shard_range
 from phasenet.structure import AtomicModel, Structure
+from phasenet.util.progress import progress_bar
+from phasenet.synth.environment import PackingOptions, group_ops
 from phasenet.synth.molecules import HEAVY_ELEMENTS, MoleculeOptions
 from phasenet.synth.packing import (
-    DEFAULT_SPACE_GROUPS, CompressOptions, PackingOptions, group_ops, grow_in_cell, max_cell_volume,
-    random_cell, space_group_spec)
+    DEFAULT_SPACE_GROUPS, CompressOptions, grow_in_cell, max_cell_volume, random_cell, space_group_spec)
 
 #: Decimals the CIF stores (and the model is rounded to before computing).
 CELL_DECIMALS, ANGLE_DECIMALS, XYZ_DECIMALS, U_DECIMALS = 4, 3, 5, 5
@@ -366,8 +367,24 @@ def _part_task(args):
     return part, stop - start, len(failures)
 
 
+def warm_up() -> None:
+    """Compile every numba kernel (or load it from numba's cache) in this process, so
+    that forked workers inherit compiled code instead of each compiling it again."""
+    from phasenet.synth.kernels import KERNELS
+    from phasenet.synth.relax import relax_cell
+
+    if all(f.signatures for f in KERNELS + (relax_cell,)):
+        return
+    for i in range(4):
+        try:
+            generate_structure(i, SynthOptions(seed=0, space_groups=("C2/c",), atoms=(6, 12),
+                                               compress_rounds=1))
+        except Exception:  # only compilation matters here
+            pass
+
+
 def _fingerprint(options: SynthOptions, n_total: int, shard, cif_dir) -> str:
-    from phasenet import __version__
+    from phasenet.version import __version__
 
     h = hashlib.sha256()
     h.update(json.dumps(options.result_options(), sort_keys=True).encode())
@@ -379,8 +396,6 @@ def synth_dataset(n: int, output, options: SynthOptions | None = None, *, shard=
                   cif_dir=None, overwrite: bool = False, progress: bool | None = None) -> SynthSummary:
     """Generate structures ``range(*shard_range(n, *shard))`` of a run of ``n`` into ``output``."""
     from collections import Counter
-
-    from tqdm import tqdm
 
     options = options or SynthOptions()
     if n < 1:
@@ -409,13 +424,10 @@ def synth_dataset(n: int, output, options: SynthOptions | None = None, *, shard=
             for p, (a, b) in enumerate(bounds) if not part_paths[p].exists()]
     resumed = len(bounds) - len(todo)
     workers = max(1, min(options.workers or os.cpu_count() or 1, len(todo) or 1))
-    bar = tqdm(total=stop - start, desc="synth", unit="structure", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+    bar = progress_bar(stop - start, "synth", "structure", progress)
     bar.update(sum(b - a for p, (a, b) in enumerate(bounds) if part_paths[p].exists()))
     n_failed = 0
     if todo:
-        from phasenet.synth.kernels import warm_up
-
         warm_up()  # compile once here, not in every worker
     try:
         if workers == 1:

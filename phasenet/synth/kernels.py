@@ -4,12 +4,13 @@ Growth: fragment coordinates (:func:`star_xyz`, :func:`orient`, :func:`rigid`), 
 bond graph (:func:`link`, :func:`unlink`), one call per placement that tests the
 candidate torsions of a fragment against the molecule and the image cloud of the cell
 (:func:`first_free`, through :func:`cloud_ok` and :func:`own_ok`;
-:class:`phasenet.synth.packing.CellEnv`), the images themselves (:func:`images_into`)
+:class:`phasenet.synth.environment.CellEnv`), the images themselves (:func:`images_into`)
 and the closing of blocked growth sites (:func:`close_sites`); squeezing a grown
 crystal is :mod:`phasenet.synth.relax`. Nothing here draws random numbers: the callers
 pass draws made with the structure's own ``numpy.random.Generator``, so results depend
-only on (seed, index). :func:`warm_up` compiles everything (or loads numba's cache) once,
-in the parent before a worker pool forks.
+only on (seed, index). :data:`KERNELS` lists every kernel; ``phasenet.synth.generate.warm_up``
+compiles them all (or loads numba's cache) once, in the parent before a worker pool forks.
+This module imports nothing of phasenet: it is the leaf of the synth package.
 """
 
 from __future__ import annotations
@@ -179,24 +180,6 @@ def blocked(q, w, cw, pmol, pxyz, cart, atom, kn, nc, alive, arad, ais_h, amol, 
                 out[s] = True
                 break
     return out
-
-
-def warm_up() -> None:
-    """Compile every kernel (or load it from numba's cache) in this process, so that
-    forked workers inherit compiled code instead of each compiling it again."""
-    from phasenet.synth.relax import relax_cell
-
-    if all(f.signatures for f in (cloud_ok, own_ok, images, blocked, link, unlink, star_xyz,
-                                  orient, first_free, rigid, close_sites, images_into, relax_cell)):
-        return
-    from phasenet.synth.generate import SynthOptions, generate_structure
-
-    for i in range(4):
-        try:
-            generate_structure(i, SynthOptions(seed=0, space_groups=("C2/c",), atoms=(6, 12),
-                                               compress_rounds=1))
-        except Exception:  # only compilation matters here
-            pass
 
 
 # --------------------------------------------------------------------------- molecule growth
@@ -529,3 +512,8 @@ def images_into(xyz, i0, rot, trans, margin, m, minv, cart, atom, kn, nc):
         atom[nc + t] = i0 + row[t]
         kn[nc + t] = knn[t]
     return nc + row.shape[0]
+
+
+#: Every compiled kernel of this module (for warm-up checks).
+KERNELS = (cloud_ok, own_ok, images, blocked, link, unlink, star_xyz, orient, first_free, rigid,
+           close_sites, images_into)

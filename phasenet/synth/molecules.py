@@ -20,7 +20,7 @@ bonds are staggered (±8°), others random. Each new fragment is tried at severa
 torsions at once (the three staggered ones for sp3-sp3) and placed at the first
 that comes no closer than ``clash`` limits to atoms of its molecule 4+ bonds away
 (self-avoiding molecules) and, in a crystal, no closer than van der Waals limits
-to every symmetry/lattice image (:class:`phasenet.synth.packing.CellEnv`). No
+to every symmetry/lattice image (:class:`phasenet.synth.environment.CellEnv`). No
 external data is needed.
 
 Fragments are cached templates (:class:`_Frag`: elements, bonds, radii, per
@@ -37,20 +37,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from phasenet.synth.environment import CellEnv, PackingOptions
 
-class _LazyKernels:
-    """Stands for :mod:`phasenet.synth.kernels` until first used, so that importing
-    this module does not load numba."""
-
-    def __getattr__(self, name):
-        global _k
-        from phasenet.synth import kernels as synth_kernels
-
-        _k = synth_kernels  # later calls go to the module directly
-        return getattr(synth_kernels, name)
-
-
-_k = _LazyKernels()
 
 #: Single-bond lengths (Å) by element pair and the hybridisation class of the
 #: carbon partner: "3" sp3, "2" sp2/aromatic. Keyed by sorted element pair.
@@ -418,7 +406,7 @@ _NO_BONDS = np.zeros((0, 2), dtype=np.int64)
 _MAX_DEGREE = 6
 
 
-class _Builder:
+class MoleculeBuilder:
     """Grows a molecule that is complete at every step: each free valence carries a
     hydrogen, and growing replaces a hydrogen by a fragment along its bond.
 
@@ -436,12 +424,14 @@ class _Builder:
     """
 
     def __init__(self, rng, options: MoleculeOptions, env=None, origin=None):
+        # numba is loaded here, on first use, not when this module is imported
+        from phasenet.synth import kernels
+
+        self.kernels = kernels
         self.rng = rng
         self.draw = _Draws(rng)
         self.o = options
         if env is None:
-            from phasenet.synth.packing import CellEnv, PackingOptions
-
             env = CellEnv((1000.0, 1000.0, 1000.0, 90.0, 90.0, 90.0), "P 1", PackingOptions())
             origin = np.full(3, 500.0) if origin is None else origin
         self.env = env
@@ -502,7 +492,7 @@ class _Builder:
         else:
             p0, pi = self.xyz[parent], parent
             tors = _ZERO1 if len(frag.els) == 1 else self._torsions(staggered)
-        pick, xyz = _k.first_free(
+        pick, xyz = self.kernels.first_free(
             xyz0, frag.rad, frag.is_h, frag.step, p0, d, tors, pi, self.n, self.nb, self.deg,
             self.alive, self.rad, self.is_h, self.mol, self.rad_max, env.cart, env.atom, env.kn,
             env.nc, env.m, env.minv, env.rot, env.trans, env.shifts, env.shifts_cart, env.reach,
@@ -512,7 +502,7 @@ class _Builder:
         if parent is None:
             self.n_mol += 1
         i0 = self._add(frag, xyz, self.n_mol - 1 if parent is None else self.mol[parent])
-        _k.link(self.nb, self.deg, frag.bonds, i0, pi)
+        self.kernels.link(self.nb, self.deg, frag.bonds, i0, pi)
         self.n_heavy += frag.n_heavy
         return [i0 + r for r in frag.h_rows]
 
@@ -539,7 +529,7 @@ class _Builder:
         staggered = hyb == "sp3" and ph == "sp3"
         g = dr.normals(5 + f.n_out)
         length = _bond_length(self.el[parent], ph, el, hyb) + sigma * g[0]
-        xyz = _k.star_xyz(self.xyz[parent], d, length, f.hyb_code, f.n_out, staggered, parent, self.nb,
+        xyz = self.kernels.star_xyz(self.xyz[parent], d, length, f.hyb_code, f.n_out, staggered, parent, self.nb,
                           self.deg, self.xyz, f.slot_len + sigma * g[5:], dr.uniforms(3), g[1:5],
                           self.o.angle_sigma)
         if extra:
@@ -561,9 +551,9 @@ class _Builder:
         f = _ring_frag(kind, hetero, parent is not None)
         local = f.base + f.unit * (f.length + self.o.bond_sigma * dr.normals(len(f.els)))[:, None]
         if parent is None:
-            return self._place(None, None, f, _k.rigid(local, dr.normals(4), self.origin - f.centroid))
+            return self._place(None, None, f, self.kernels.rigid(local, dr.normals(4), self.origin - f.centroid))
         length = _bond_length(self.el[parent], self.hyb[parent], "C", f.ring_hyb) + dr.normal(0, self.o.bond_sigma)
-        xyz = _k.orient(local, f.attach_dir, -d, self.xyz[parent] + d * length)
+        xyz = self.kernels.orient(local, f.attach_dir, -d, self.xyz[parent] + d * length)
         return self._place(parent, d, f, xyz)
 
     def _pick_fragment(self, budget: int, parent: int):
@@ -605,7 +595,7 @@ class _Builder:
         d = v / np.sqrt(v @ v)
         kind, what = fragment
         self.alive[h] = False
-        _k.unlink(self.nb, self.deg, h)
+        self.kernels.unlink(self.nb, self.deg, h)
         if kind == "ring":
             ok = self._ring(parent, d, what)
         elif kind == "term":
@@ -625,7 +615,7 @@ class _Builder:
                             sub=(("Cl", 2.24),) * 3)
         if ok is None:  # put the hydrogen back
             self.alive[h] = True
-            _k.link(self.nb, self.deg, _NO_BONDS, h, parent)
+            self.kernels.link(self.nb, self.deg, _NO_BONDS, h, parent)
         return ok
 
     def heavy_count(self) -> int:
@@ -651,7 +641,7 @@ class _Builder:
             el = "C" if not small else "CCON"[int(dr.random() * 4)]
             nh = {"C": 4, "N": 3, "O": 2}[el]
             f = _seed_frag(el, nh)  # an ideal tetrahedron (or part), uniformly random orientation
-            if self._place(None, None, f, _k.rigid(f.local, dr.normals(4), self.origin)) is not None:
+            if self._place(None, None, f, self.kernels.rigid(f.local, dr.normals(4), self.origin)) is not None:
                 return True
         return False
 
@@ -685,20 +675,20 @@ class _Builder:
                     new = self._grow_step(h, smallest)
                 if new is None:
                     self.closed[h] = True
-                    self._close_blocked()
+                    self.close_blocked()
                     sites = self._open_sites()
             if new is not None:
                 sites.remove(h)
                 sites += new
 
-    def _close_blocked(self, length: float = 1.40, radius: float = 1.52) -> None:
+    def close_blocked(self, length: float = 1.40, radius: float = 1.52) -> None:
         """Close, all at once, every open hydrogen where even the first atom of a
         fragment (at ``length`` along the X-H bond, van der Waals ``radius``) would
         touch an image or a non-neighbouring part of its own molecule: one
         vectorised test of all sites against the whole image cloud, instead of a
         failed attempt per site."""
         env, o = self.env, self.o
-        _k.close_sites(self.n, self.alive, self.is_h, self.closed, self.hpar, self.xyz, self.mol, self.rad,
+        self.kernels.close_sites(self.n, self.alive, self.is_h, self.closed, self.hpar, self.xyz, self.mol, self.rad,
                        env.cart, env.atom, env.kn, env.nc, env.m, env.minv, length, radius, env.tol,
                        env.htol, o.clash_heavy, o.clash_h)
 
@@ -729,7 +719,7 @@ def grow_molecule(rng: np.random.Generator, n_heavy: int, options: MoleculeOptio
         raise ValueError(f"n_heavy must be >= 1, got {n_heavy}")
     best = None
     for _ in range(max_tries):
-        b = _Builder(rng, options)
+        b = MoleculeBuilder(rng, options)
         b.grow(n_heavy)
         mol = b.molecule()
         if best is None or mol.n_heavy > best.n_heavy:

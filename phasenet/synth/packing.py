@@ -15,8 +15,8 @@ positions), with van der Waals limits between molecules (Bondi radii - 0.2 Å,
 - 0.3 Å for pairs with H) and topological ones within a molecule. Growth stops
 when the molecule has its atoms or is jammed (no hydrogen left that can be
 replaced); holes it cannot reach can then take small extra molecules (Z' > 1).
-:class:`CellEnv` keeps the images as a flat point cloud covering the cell plus
-the reach of a contact; the checks run in compiled kernels
+:class:`phasenet.synth.environment.CellEnv` keeps the images as a flat point cloud
+covering the cell plus the reach of a contact; the checks run in compiled kernels
 (:mod:`phasenet.synth.kernels`). :func:`compress_packing` squeezes a grown crystal
 (rigid molecules and the cell relaxed together under pressure,
 :mod:`phasenet.synth.relax`), and
@@ -26,13 +26,13 @@ the reach of a contact; the checks run in compiled kernels
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
 import gemmi
 
-from phasenet.synth.molecules import vdw_radius
+from phasenet.synth.environment import CellEnv, PackingOptions, group_ops
+from phasenet.synth.molecules import MoleculeBuilder, vdw_radius
 
 
 @dataclass(frozen=True)
@@ -74,40 +74,6 @@ def space_group_spec(name: str) -> SpaceGroupSpec:
                 return s
     raise ValueError(f"space group {name!r} is not supported by the generator; choose one of "
                      f"{', '.join(SPACE_GROUPS)} (or add it to phasenet.synth.packing.SPACE_GROUPS)")
-
-
-@dataclass(frozen=True)
-class _GroupOps:
-    rot: np.ndarray  # (Z, 3, 3) rotation parts (fractional)
-    trans: np.ndarray  # (Z, 3)
-    triplets: tuple[str, ...]
-
-
-@lru_cache(maxsize=None)
-def group_ops(hm: str) -> _GroupOps:
-    """The operations of a group, identity first."""
-    sg = gemmi.find_spacegroup_by_name(hm)
-    rots, trans, trip = [], [], []
-    for op in sg.operations():
-        rots.append(np.array(op.rot, dtype=float) / gemmi.Op.DEN)
-        trans.append(np.array(op.tran, dtype=float) / gemmi.Op.DEN)
-        trip.append(op.triplet())
-    order = sorted(range(len(rots)), key=lambda k: not (np.array_equal(rots[k], np.eye(3))
-                                                         and not np.any(trans[k] % 1.0)))
-    return _GroupOps(np.array([rots[k] for k in order]), np.array([trans[k] for k in order]) % 1.0,
-                     tuple(trip[k] for k in order))
-
-
-@dataclass(frozen=True)
-class PackingOptions:
-    """Contact limits: r_i + r_j - tolerance (Bondi radii; pairs with H get their own
-    tolerance): C···C 3.2 Å, H···H 2.1 Å, C···H 2.6 Å with the defaults. ``min_edge``:
-    shortest cell edge; ``shape_sigma``: spread of log edge ratios of random cells."""
-
-    contact_tolerance: float = 0.2
-    h_contact_tolerance: float = 0.3
-    min_edge: float = 4.5
-    shape_sigma: float = 0.3
 
 
 def contact_limits(element, options: PackingOptions) -> np.ndarray:
@@ -159,77 +125,6 @@ def random_cell(system: str, volume: float, rng, max_edge: float, min_edge: floa
         e *= 0.7
     lengths = np.full(3, mean)
     return (*map(float, lengths), *angles)
-
-
-@lru_cache(maxsize=None)
-def _near_shifts(n0: int, n1: int, n2: int) -> np.ndarray:
-    """Lattice shifts (S, 3) (fractional, whole numbers, |shift_i| <= n_i), shortest first
-    (0 first; cached, shared: do not modify)."""
-    near = np.stack(np.meshgrid(np.arange(-n0, n0 + 1), np.arange(-n1, n1 + 1), np.arange(-n2, n2 + 1),
-                                indexing="ij"), axis=-1).reshape(-1, 3).astype(float)
-    return near[np.argsort((near**2).sum(axis=1), kind="stable")]
-
-
-class CellEnv:
-    """Placed atoms and all their symmetry and lattice images in a cell, for
-    vectorised contact checks of candidate fragments while molecules grow.
-
-    Every image ``R_k f_j + t_k + n`` of a placed atom j whose fractional coordinates
-    fall in the unit cell widened by ``reach`` (Å, per axis reach / interplanar
-    spacing) is kept in a flat point cloud (Cartesian, preallocated, appended as
-    atoms are added). Any point within ``reach`` of a point of the unit cell is in
-    the cloud, so a query is one distance test of the wrapped centre against the
-    cloud, whatever the cell shape. Images of the growing molecule with k = 0 and
-    n = 0 are the molecule itself (flagged ``ident``): the builder gives those pairs
-    intramolecular limits by topological distance; all others get the van der
-    Waals contact limits. A fragment near a symmetry element is also tested against
-    its own images (special positions).
-    """
-
-    def __init__(self, cell, hm: str, options: PackingOptions, reach: float = 6.5, capacity: int = 2048):
-        uc = gemmi.UnitCell(*cell)
-        self.cell = tuple(map(float, cell))
-        self.m = np.array(uc.orth.mat.tolist())
-        self.minv = np.array(uc.frac.mat.tolist())
-        ops = group_ops(hm)
-        self.rot, self.trans = ops.rot, ops.trans
-        self.z = len(self.rot)
-        self.tol, self.htol = options.contact_tolerance, options.h_contact_tolerance
-        self.reach = reach
-        spacing = 1.0 / np.linalg.norm(self.minv, axis=1)  # interplanar spacings
-        self.margin = reach / spacing
-        # shifts for the centre-to-own-image test (a fragment reaches < reach)
-        self.shifts = _near_shifts(*(int(k) for k in np.ceil(reach / spacing - 0.5)))
-        self.shifts_cart = self.shifts @ self.m.T
-        self.nc = 0
-        self.cart = np.zeros((capacity, 3))
-        self.atom = np.zeros(capacity, dtype=np.int64)
-        self.kn = np.zeros((capacity, 4))  # op k, lattice translation n of each point
-        self.rad = np.zeros(256)
-        self.is_h = np.zeros(256, dtype=bool)
-
-    def add(self, i0: int, xyz: np.ndarray, rad: np.ndarray, is_h: np.ndarray) -> None:
-        k = len(xyz)
-        if i0 + k > len(self.rad):
-            extra = i0 + k + 256
-            self.rad = np.concatenate([self.rad, np.zeros(extra)])
-            self.is_h = np.concatenate([self.is_h, np.zeros(extra, dtype=bool)])
-        self.rad[i0:i0 + k] = rad
-        self.is_h[i0:i0 + k] = is_h
-        from phasenet.synth.kernels import images_into  # numba: loaded on first use only
-
-        while True:  # images written straight into the cloud, grown when full
-            nc = images_into(xyz, i0, self.rot, self.trans, self.margin, self.m, self.minv,
-                                self.cart, self.atom, self.kn, self.nc)
-            if nc >= 0:
-                self.nc = nc
-                return
-            cap = 2 * len(self.cart) + 27 * self.z * k
-            for name in ("cart", "atom", "kn"):
-                old = getattr(self, name)
-                new = np.zeros((cap,) + old.shape[1:], dtype=old.dtype)
-                new[:self.nc] = old[:self.nc]
-                setattr(self, name, new)
 
 
 @dataclass(frozen=True)
@@ -336,12 +231,10 @@ def grow_in_cell(rng, n_heavy: int, spec: SpaceGroupSpec, cell, molecule_options
     below ``min_volume_per_atom`` Å³ per non-H atom), and ``rounds`` > 1 times growth
     goes on in the squeezed cell (every site reopened) and is squeezed again, up to
     ``extra_rounds`` more times while looser than ``max_volume_per_atom``."""
-    from phasenet.synth.molecules import _Builder
-
     options = options or PackingOptions()
     env = CellEnv(cell, spec.hm, options)
     origin = env.m @ rng.random(3)
-    b = _Builder(rng, molecule_options, env, origin)
+    b = MoleculeBuilder(rng, molecule_options, env, origin)
     if not b.seed(n_heavy, tries=20, origins=lambda: env.m @ rng.random(3)):
         return None
     z = len(env.rot)
@@ -357,7 +250,7 @@ def grow_in_cell(rng, n_heavy: int, spec: SpaceGroupSpec, cell, molecule_options
             b.env = env
             env.add(0, b.xyz[:b.n], b.rad[:b.n], b.is_h[:b.n])
             b.closed[:] = False
-            b._close_blocked()  # one vectorised test instead of a failed attempt per site
+            b.close_blocked()  # one vectorised test instead of a failed attempt per site
         b.grow(n_heavy, max_failures)
         # holes the first molecule cannot reach: more molecules in the asymmetric unit
         extra = b.n_mol - 1

@@ -410,7 +410,7 @@ def _fit(cfg, cfg_dict, backend, path, train_rows, test_rows, out, state, latest
         _write_atomic(out / "history.csv", _history_csv(rows))
         model_path = out / "model.keras"
         export_model(model, cfg.data.task).save(model_path)
-        from phasenet import __version__
+        from phasenet.version import __version__
 
         info = {"task": cfg.data.task, "max_index": cfg.data.max_index, "r2_max": cfg.data.r2_max,
                 "n_reflections": train_src.n_reflections, "input_transform": cfg.data.input_transform,

@@ -8,8 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from phasenet.baselines.charge_flipping import (ChargeFlippingOptions, TimeoutExpired, _IntIterations, charge_flip,
-                                      crystal_symmetry, phases_on, run_with_timeout)
+from phasenet.baselines.charge_flipping import (ChargeFlippingOptions, _IntIterations, charge_flip, crystal_symmetry,
+                                      phases_on)
+from phasenet.util.workers import TimeoutExpired, run_with_timeout
 from phasenet.evaluation.metrics import score_phases
 from phasenet.evaluation.problem import problem_from_structure
 

@@ -5,7 +5,8 @@ import phasenet  # noqa: F401  (first: cctbx import order)
 import numpy as np
 import pytest
 
-from phasenet.evaluation.metrics import min_distances, score_phases
+from phasenet.evaluation.maps import min_distances
+from phasenet.evaluation.metrics import score_phases
 from phasenet.baselines.patterson import (HeavyAtomOptions, NotApplicable, PattersonOptions, harker_sections,
                                 heavy_atom_phases, heavy_atom_plan, match_heavy_atoms, patterson_from_cif,
                                 patterson_map)

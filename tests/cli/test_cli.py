@@ -131,7 +131,7 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
     """Review fixes: a non-integer Slurm site setting, a config path that is a folder,
     a demo folder the demo did not make: clear messages, nothing written."""
     from phasenet.pipeline.demo import run_demo
-    from phasenet.evaluation.metrics import min_distances
+    from phasenet.evaluation.maps import min_distances
     from phasenet.pipeline.slurm import SlurmError, sbatch_options
     from phasenet.training.config import ConfigError, load_config
 

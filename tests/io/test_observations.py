@@ -13,7 +13,7 @@ from phasenet.physics.merging import merge_onto_grid
 from phasenet.pipeline.records import compute_record
 from phasenet.reflections import canonical_hkl, laue_asu_keys
 from phasenet.structure import Observations, Structure
-from phasenet.physics.structure_factors import SymmetryOps
+from phasenet.symmetry import symmetry
 
 HKL = canonical_hkl()
 
@@ -88,7 +88,7 @@ def _obs(rows, kind="F2"):
 
 
 def test_merging_averages_equivalents():
-    rot = SymmetryOps.from_triplets(P2M_OPS).rotations
+    rot = symmetry(P2M_OPS).rotations
     grid = canonical_hkl(3)
     obs = _obs([
         (1, 2, 3, 10.0, 1.0),
@@ -114,14 +114,14 @@ def test_merging_averages_equivalents():
 
 
 def test_merging_unweighted_without_sigmas():
-    rot = SymmetryOps.from_triplets(P2M_OPS).rotations
+    rot = symmetry(P2M_OPS).rotations
     obs = _obs([(1, 1, 1, 3.0, np.nan), (-1, 1, -1, 5.0, np.nan)])
     m = merge_onto_grid(obs, rot, canonical_hkl(2))
     assert np.nanmax(m.intensity) == 4.0 and np.isnan(m.sigma).all()
 
 
 def test_merging_amplitudes_are_squared():
-    rot = SymmetryOps.from_triplets(("x,y,z",)).rotations
+    rot = symmetry(("x,y,z",)).rotations
     m = merge_onto_grid(_obs([(0, 0, 1, 3.0, 0.1)], kind="F"), rot, canonical_hkl(2))
     assert m.intensity[0] == pytest.approx(9.0)
 
@@ -170,7 +170,7 @@ def test_measured_intensities_match_model(real_cif, file, kind_hint):
         finite = np.isfinite(rec.intensity_obs)
         assert finite.sum() == m.n_on_grid
         # measured exactly where the Laue class of a grid reflection was measured
-        rot = SymmetryOps.from_triplets(s.symops).rotations
+        rot = symmetry(s.symops).rotations
         measured_keys = set(laue_asu_keys(s.observations.hkl, rot).tolist())
         expect = np.array([k in measured_keys for k in laue_asu_keys(HKL, rot).tolist()])
         assert np.array_equal(finite, expect), f"{s.id}: NaN pattern differs from the measured set"
@@ -330,7 +330,7 @@ def test_refln_fast_path_leaves_the_block_intact():
 
 def test_merging_classes_off_the_grid_are_counted():
     """Measured classes that never reach the grid still count as unique reflections."""
-    rot = SymmetryOps.from_triplets(P2M_OPS).rotations
+    rot = symmetry(P2M_OPS).rotations
     obs = _obs([(1, 2, 3, 10.0, 1.0), (-1, 2, -3, 14.0, 1.0), (9, 9, 9, 5.0, 1.0)])
     m = merge_onto_grid(obs, rot, canonical_hkl(3))
     assert m.n_measured == 3 and m.n_unique == 2 and m.n_on_grid == 2

@@ -23,14 +23,12 @@ OWN_FILES = [("p-1_organic.cif", "p-1_organic"), ("p21n_aniso.cif", "p21n_aniso"
 
 
 def _compare(cctbx_ref, s, xs, what):
-    from phasenet.physics.structure_factors import SymmetryOps
-    from phasenet.pipeline.records import systematic_absences
+    from phasenet.symmetry import symmetry
 
     f = structure_factors(s, HKL)
     fc, absent = cctbx_ref.fcalc(xs, HKL)
     # the same systematic absences as cctbx's (the record sets F to 0 there)
-    ops = SymmetryOps.from_triplets(s.symops)
-    assert np.array_equal(systematic_absences(ops.triplets, HKL), absent), what
+    assert np.array_equal(symmetry(s.symops).systematic_absences(HKL), absent), what
     assert np.abs(f[absent]).max(initial=0) <= 1e-5 * np.abs(fc).max(), what
     return cctbx_ref.assert_agrees(f, fc, what, keep=~absent)
 

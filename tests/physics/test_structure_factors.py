@@ -14,7 +14,8 @@ from phasenet.io.cif import read_cif
 from phasenet.pipeline.records import NO_SIGN, SIGN_MINUS, SIGN_PLUS, compute_record
 from phasenet.reflections import canonical_hkl
 from phasenet.structure import Structure
-from phasenet.physics.structure_factors import SymmetryOps, structure_factors
+from phasenet.physics.structure_factors import structure_factors
+from phasenet.symmetry import symmetry
 
 HKL = canonical_hkl()
 
@@ -82,7 +83,7 @@ def test_against_cctbx_direct_summation(picked, cctbx_ref, sg):
     # amplitudes and phases (the complex R weights phase differences by amplitude)
     cctbx_ref.assert_agrees(f, fc, f"{s.id} ({s.space_group})")
 
-    ops = SymmetryOps.from_triplets(s.symops)
+    ops = symmetry(s.symops)
     if ops.has_origin_inversion:
         # the cosine-only sum used for these groups against cctbx's full complex sum:
         # cctbx's F is real too, and the real parts agree reflection by reflection
@@ -229,7 +230,7 @@ def test_inversion_centre_off_the_origin(real_cif, name):
     rec = _record(str(real_cif(name)))
     assert rec.centrosymmetric and not rec.centric_origin
     assert np.all(rec.sign == NO_SIGN)
-    ops = SymmetryOps.from_triplets(rec.structure.symops)
+    ops = symmetry(rec.structure.symops)
     inv = np.all(ops.rotations == -np.eye(3, dtype=int), axis=(1, 2))
     t = ops.translations[inv][0]
     strong = rec.intensity_calc > 1e-6 * rec.intensity_calc.max()
@@ -257,7 +258,7 @@ def _compare_auto_direct(s, hkl, tol=1e-4):
     scale = np.abs(direct).sum()
     r_complex = np.abs(auto - direct).sum() / scale
     assert r_complex <= tol, f"{s.id} ({s.space_group}): complex R(auto, direct) = {r_complex:.2e}"
-    ops = SymmetryOps.from_triplets(s.symops)
+    ops = symmetry(s.symops)
     if ops.has_origin_inversion:
         assert np.all(auto.imag == 0), f"{s.id}: F not real with an inversion centre at the origin"
         strong = np.abs(direct) > 1e-5 * np.abs(direct).max()
@@ -295,14 +296,12 @@ def test_symmetric_sum_equals_direct_sum_for_every_setting(manifest, cctbx_ref):
     structures = _one_per_setting(manifest)
     assert len(structures) >= 60
     kinds = {"origin": 0, "off_origin": 0, "acentric": 0, "centred": 0}
-    from phasenet.physics.structure_factors import _symmetry_info
-
     r_amps = []
     for s in structures:
-        info = _symmetry_info(tuple(s.symops))
-        kinds["origin" if info.origin_inversion else "off_origin" if info.inversion is not None
+        sym = symmetry(s.symops)
+        kinds["origin" if sym.has_origin_inversion else "off_origin" if sym.is_centrosymmetric
               else "acentric"] += 1
-        kinds["centred"] += len(info.centring) > 1
+        kinds["centred"] += len(sym.centring) > 1
         auto, _ = _compare_auto_direct(s, HKL)
         fc, absent = cctbx_ref.fcalc(cctbx_ref.from_structure(s), HKL)
         keep = ~absent
@@ -314,7 +313,7 @@ def test_symmetric_sum_equals_direct_sum_for_every_setting(manifest, cctbx_ref):
             # (cells that contradict their operators reach amplitude R 5.3e-4:
             # cod-tools_4300081, P31 with angles 90.07 90.15 120.04)
             assert r_amp <= cctbx_ref.amplitude_r_max, f"{what}: amplitude R vs cctbx {r_amp:.2e}"
-        if info.origin_inversion:
+        if sym.has_origin_inversion:
             strong = keep & (np.abs(fc) > 1e-6 * np.abs(fc).max())
             assert np.array_equal(np.sign(auto.real[strong]), np.sign(fc.real[strong])), s.id
     # (inversion centres away from the origin are rare in real files: the synthetic
@@ -353,7 +352,7 @@ def test_non_standard_settings(structure_of, cctbx_ref, name, shift, origin_inve
     inversion centre at the origin."""
     s0 = structure_of(name)
     s = _shifted(s0, shift)
-    ops = SymmetryOps.from_triplets(s.symops)
+    ops = symmetry(s.symops)
     assert ops.has_origin_inversion == origin_inversion
     hkl = canonical_hkl(6)
     auto, _ = _compare_auto_direct(s, hkl)
@@ -467,7 +466,7 @@ def test_cell_contradicting_its_operators_is_summed_directly(structure_of, cctbx
     s = structure_of("cod-tools_Si2.cif")
     assert s.space_group == "F d -3 m:1" and s.atoms.u_defaulted.all()
     assert list(s.atoms.label) == ["Si1"] and any("grown" in n and "Si2" in n for n in s.notes)
-    assert not _metric_invariant(tuple(s.symops), tuple(s.cell))
+    assert not _metric_invariant(symmetry(s.symops), tuple(s.cell))
     c = expand_to_unit_cell(s)
     assert not c.exact_symmetry
     f = structure_factors(s, HKL, c)

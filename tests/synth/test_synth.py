@@ -15,7 +15,8 @@ from phasenet.pipeline.records import compute_record
 from phasenet.reflections import canonical_hkl
 from phasenet.synth.generate import DENSE, PACKINGS, SynthOptions, generate_structure, synth_dataset
 from phasenet.synth.molecules import COVALENT_RADIUS, grow_molecule
-from phasenet.synth.packing import PackingOptions, contact_limits
+from phasenet.synth.environment import PackingOptions
+from phasenet.synth.packing import contact_limits
 from h5compare import assert_same_arrays, read_h5
 
 #: Small molecules keep the tests fast; dense crystals (grow-and-squeeze rounds) so
