@@ -25,7 +25,6 @@ def test_int_iterations_survive_cctbx_arithmetic():
     assert len(list(itertools.islice(range(2000), 0, n))) == 1125  # a float here raises ValueError
 
 
-@pytest.mark.real_data
 def test_phases_on_maps_symmetry_and_friedel(structure_of):
     from cctbx import miller
     from cctbx.array_family import flex
@@ -44,7 +43,6 @@ def test_phases_on_maps_symmetry_and_friedel(structure_of):
     assert np.allclose(np.cos(back_neg[strong] + p.phase_true[strong]), 1.0, atol=1e-6)
 
 
-@pytest.mark.real_data
 def test_solves_at_1A_and_fails_at_2A(structure_of):
     solved_1, solved_2 = 0, 0
     for name in SMALL_CENTRO:

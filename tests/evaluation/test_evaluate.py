@@ -28,7 +28,6 @@ def small_h5(real_cif_dir, tmp_path_factory):
     return out
 
 
-@pytest.mark.real_data
 def test_cli_end_to_end(small_h5, tmp_path, capsys):
     rep = tmp_path / "report"
     rc = main(["evaluate", str(small_h5), "-o", str(rep), "--method", "true", "--method", "random",
@@ -62,7 +61,6 @@ def test_cli_end_to_end(small_h5, tmp_path, capsys):
     assert "| method | d_min" in out
 
 
-@pytest.mark.real_data
 def test_timeout_and_failure_are_rows(small_h5, tmp_path):
     # at 2 Å charge flipping never reaches a phase transition: it runs all its cycles (~1 s)
     opts = EvaluateOptions(methods=("charge-flipping",), d_min=(2.0,), timeout=0.1, workers=2,
@@ -78,7 +76,6 @@ def test_timeout_and_failure_are_rows(small_h5, tmp_path):
     assert row["status"] == "failed" and row["reason"]
 
 
-@pytest.mark.real_data
 def test_model_plugin_contract(small_h5, tmp_path, monkeypatch):
     """An oracle predictor (the true signs) through the model:RUN_DIR plug-in scores R = 1."""
     with DatasetRows(small_h5) as rows:
@@ -112,7 +109,6 @@ def test_model_plugin_contract(small_h5, tmp_path, monkeypatch):
     assert len(na) == 2 and na.reason.str.contains("inversion centre").all()
 
 
-@pytest.mark.real_data
 def test_model_without_predict_module(small_h5, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "phasenet.training.predict", None)  # import fails
     res = evaluate_dataset(small_h5, tmp_path / "x", EvaluateOptions(methods=("true", "model:run"), d_min=(1.5,)),

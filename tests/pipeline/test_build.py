@@ -21,7 +21,6 @@ from phasenet.io.hdf5 import STRUCTURE_COLUMNS
 from phasenet.structure import Structure
 from h5compare import assert_same_arrays, read_h5
 
-pytestmark = pytest.mark.real_data
 
 #: Files with measured reflections (embedded hkl, paired .fcf, paired .hkl, _refln loop).
 MEASURED = ["StructureFinder_P-1.cif", "FinalCif_alert_example.cif",
