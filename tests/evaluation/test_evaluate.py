@@ -33,7 +33,7 @@ def test_cli_end_to_end(small_h5, tmp_path, capsys):
     rep = tmp_path / "report"
     rc = main(["evaluate", str(small_h5), "-o", str(rep), "--method", "true", "--method", "random",
                "--method", "patterson", "--method", "charge-flipping", "--method", f"model:{tmp_path / 'no-run'}",
-               "--d-min", "1.0", "--d-min", "2.0", "--workers", "2", "--timeout", "60", "--cf-time-limit", "20",
+               "--d-min", "1.0", "--d-min", "2.0", "--workers", "2", "--timeout", "600", "--cf-time-limit", "600",
                "--quiet"])
     out, err = capsys.readouterr()
     assert rc == EXIT_FAILURES  # the model run does not exist: its rows failed, the rest ran

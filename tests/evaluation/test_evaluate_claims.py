@@ -4,10 +4,6 @@ and `--method model:RUN_DIR` with a real trained run."""
 
 import phasenet  # noqa: F401  (first: cctbx import order)
 
-import json
-import os
-import subprocess
-import sys
 
 import h5py
 import numpy as np
