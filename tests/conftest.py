@@ -15,6 +15,24 @@ REAL_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+#: The fixtures that read ../shared/data/real. A test that uses any of them (directly or
+#: through another fixture) gets the ``real_data`` marker automatically, so that
+#: ``pytest -m "not real_data"`` is exactly the suite a clone without ../shared runs.
+REAL_DATA_FIXTURES = frozenset({"real_data_dir", "real_cif_dir", "manifest", "real_cif", "structure_of"})
+
+
+def uses_real_data(item) -> bool:
+    """Whether a collected test needs a real-data fixture (its fixture closure names one)."""
+    return bool(REAL_DATA_FIXTURES & set(getattr(item, "fixturenames", ())))
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if uses_real_data(item) and item.get_closest_marker("real_data") is None:
+            item.add_marker(pytest.mark.real_data)
+
+
 def real_data_available() -> bool:
     return (REAL_DATA_DIR / "manifest.csv").is_file() and (REAL_DATA_DIR / "cif").is_dir()
 

@@ -3,7 +3,6 @@
 import phasenet  # noqa: F401  (first: cctbx import order)
 
 import itertools
-import time
 
 import numpy as np
 import pytest
@@ -26,7 +25,6 @@ def test_int_iterations_survive_cctbx_arithmetic():
     assert len(list(itertools.islice(range(2000), 0, n))) == 1125  # a float here raises ValueError
 
 
-@pytest.mark.real_data
 def test_phases_on_maps_symmetry_and_friedel(structure_of):
     from cctbx import miller
     from cctbx.array_family import flex
@@ -45,41 +43,74 @@ def test_phases_on_maps_symmetry_and_friedel(structure_of):
     assert np.allclose(np.cos(back_neg[strong] + p.phase_true[strong]), 1.0, atol=1e-6)
 
 
-@pytest.mark.real_data
+@pytest.mark.slow
 def test_solves_at_1A_and_fails_at_2A(structure_of):
-    solved_1, solved_2 = 0, 0
+    """The cliff on real structures, as rates over seeds (charge flipping is stochastic):
+    at 1 Å nearly every run solves (measured 11 of 12 runs, the README's 7/8 structures),
+    at 2 Å runs do no better than chance (measured 0 of 12, median map CC ~0.1)."""
+    seeds = range(4)
+    runs = {1.0: [], 2.0: []}
     for name in SMALL_CENTRO:
         s = structure_of(name)
-        for d_min in (1.0, 2.0):
+        for d_min in runs:
             p = problem_from_structure(s, d_min).truncate(None)
-            r = charge_flip(p.hkl, p.amplitude, p.cell, p.symops, ChargeFlippingOptions(time_limit=20), seed=1)
-            est = np.where(np.isfinite(r.phases), r.phases, 0.0)
-            score, _ = score_phases(p.hkl, p.amplitude, p.phase_true, est, p.symops)
-            if d_min == 1.0:
-                solved_1 += score.solved
-                assert score.solved, (name, score, r.message)
-                assert score.phase_error < 25
-            else:
-                solved_2 += score.solved
-                assert score.map_cc < 0.6, (name, score)
-    assert (solved_1, solved_2) == (3, 0)
+            for seed in seeds:
+                r = charge_flip(p.hkl, p.amplitude, p.cell, p.symops, ChargeFlippingOptions(time_limit=None),
+                                seed=seed)
+                assert not r.timed_out, (name, d_min, seed)
+                est = np.where(np.isfinite(r.phases), r.phases, 0.0)
+                score, _ = score_phases(p.hkl, p.amplitude, p.phase_true, est, p.symops)
+                runs[d_min].append((name, seed, score))
+    n = len(SMALL_CENTRO) * len(seeds)
+    solved_1 = [sc for _, _, sc in runs[1.0] if sc.solved]
+    assert len(solved_1) >= n - 3, [(nm, sd, round(sc.map_cc, 2)) for nm, sd, sc in runs[1.0]]
+    for name in SMALL_CENTRO:  # every structure is solved by most seeds, not one lucky run
+        assert sum(sc.solved for nm, _, sc in runs[1.0] if nm == name) >= len(seeds) - 1, name
+    assert np.median([sc.phase_error for sc in solved_1]) < 25
+    assert all(sc.map_cc >= 0.7 for sc in solved_1)  # solved means map CC >= 0.7
+    cc_2 = [sc.map_cc for _, _, sc in runs[2.0]]
+    assert sum(sc.solved for _, _, sc in runs[2.0]) <= 1, cc_2
+    assert np.median(cc_2) < 0.4, cc_2
 
 
-def test_time_limit_is_honoured():
+def test_same_seed_same_phases_other_seed_other_run(structure_of):
+    """Seeds are arguments: one seed gives identical phases twice, another a different run."""
+    p = problem_from_structure(structure_of("cod-tools_2204271.cif"), 1.0).truncate(None)
+    opts = ChargeFlippingOptions(time_limit=None)
+    a, b, c = (charge_flip(p.hkl, p.amplitude, p.cell, p.symops, opts, seed=s) for s in (3, 3, 4))
+    assert np.array_equal(a.phases, b.phases, equal_nan=True) and a.n_iterations == b.n_iterations
+    assert a.n_iterations != c.n_iterations or not np.array_equal(a.phases, c.phases, equal_nan=True)
+
+
+def _no_transition_problem():
     # two random P-1 atoms at very low resolution never show a phase transition
     hkl = np.array([[h, k, l] for h in range(0, 4) for k in range(-3, 4) for l in range(-3, 4)
                     if (h, k, l) > (0, 0, 0) and (h > 0 or k > 0 or (k == 0 and l > 0))])
     amp = np.random.default_rng(0).uniform(1, 10, len(hkl))
-    t0 = time.perf_counter()
-    r = charge_flip(hkl, amp, (12, 13, 14, 90, 90, 90), ("x,y,z", "-x,-y,-z"),
-                    ChargeFlippingOptions(time_limit=0.3, max_attempts=50), seed=0)
-    assert time.perf_counter() - t0 < 10
+    return hkl, amp, (12, 13, 14, 90, 90, 90), ("x,y,z", "-x,-y,-z")
+
+
+def test_time_limit_is_honoured():
+    """The limit is checked between cycles: with a limit of 0 s exactly one cycle runs
+    (whatever the machine's speed), without one every attempt runs to its end."""
+    hkl, amp, cell, ops = _no_transition_problem()
+    r = charge_flip(hkl, amp, cell, ops, ChargeFlippingOptions(time_limit=0.0, max_attempts=50), seed=0)
     assert r.timed_out and r.message == "time limit reached" and not r.symmetrised
+    assert r.n_iterations == 1
+    one = charge_flip(hkl, amp, cell, ops, ChargeFlippingOptions(time_limit=None, max_attempts=1), seed=0)
+    two = charge_flip(hkl, amp, cell, ops, ChargeFlippingOptions(time_limit=None, max_attempts=2), seed=0)
+    assert not one.timed_out and one.message == "no phase transition" and not one.had_phase_transition
+    assert 1 < one.n_iterations < two.n_iterations  # max_attempts restarts are honoured too
 
 
-def _sleep(seconds):
-    time.sleep(seconds)
-    return seconds
+def _block_forever():
+    import threading
+
+    threading.Event().wait()  # never set: only the time-out ends this
+
+
+def _return(value):
+    return value
 
 
 def _boom():
@@ -87,13 +118,15 @@ def _boom():
 
 
 def test_run_with_timeout_kills_and_reports():
-    assert run_with_timeout(_sleep, 0.01, timeout=20) == 0.01
-    t0 = time.perf_counter()
-    with pytest.raises(TimeoutExpired):
-        run_with_timeout(_sleep, 30, timeout=0.3)
-    assert time.perf_counter() - t0 < 5
+    import multiprocessing
+
+    assert run_with_timeout(_return, 0.01, timeout=60) == 0.01
+    before = set(multiprocessing.active_children())
+    with pytest.raises(TimeoutExpired, match="no result after 0.5 s"):
+        run_with_timeout(_block_forever, timeout=0.5)
+    assert set(multiprocessing.active_children()) == before  # killed and reaped, not left running
     with pytest.raises(RuntimeError, match="ZeroDivisionError: on purpose"):
-        run_with_timeout(_boom, timeout=20)
+        run_with_timeout(_boom, timeout=60)
 
 
 def test_too_few_reflections():

@@ -30,7 +30,6 @@ def iodo(structure_of):
     return s, problem_from_structure(s, 1.0).truncate(None)
 
 
-@pytest.mark.real_data
 def test_map_symmetry_and_origin(iodo):
     s, p = iodo
     raw = patterson_map(p.hkl, p.amplitude**2, p.cell, p.symops, PattersonOptions(sharpen=False, remove_origin=False))
@@ -49,7 +48,6 @@ def test_map_symmetry_and_origin(iodo):
     assert (peaks.multiplicity == 2).all() or peaks.multiplicity.iloc[0] == 1  # P-1 Patterson: u, −u
 
 
-@pytest.mark.real_data
 def test_sections_and_plot(structure_of, tmp_path):
     p = problem_from_structure(structure_of("cod-tools_2204271.cif"), 1.2)
     pm = patterson_map(p.hkl, p.amplitude**2, p.cell, p.symops)
@@ -65,20 +63,17 @@ def test_sections_and_plot(structure_of, tmp_path):
         pm.section("q", 0.5)
 
 
-@pytest.mark.real_data
 def test_patterson_from_measured_cif(real_cif):
     pm = patterson_from_cif(real_cif("StructureFinder_P-1.cif"))  # paired .fcf: measured F²
     assert np.isfinite(pm.values).all() and min(pm.grid) > 8
     assert len(pm.peaks(5)) == 5
 
 
-@pytest.mark.real_data
 def test_patterson_from_cif_without_data(real_cif):
     with pytest.raises(ValueError, match="no measured reflections"):
         patterson_from_cif(real_cif("cod-tools_2204271.cif"))
 
 
-@pytest.mark.real_data
 @pytest.mark.parametrize("name,element", [
     ("cod-tools_2231779.cif", "I"),          # P-1
     ("FinalCif_Esser_JW367_0m.cif", "Br"),   # P2₁/n
@@ -97,7 +92,6 @@ def test_heavy_atom_found(structure_of, name, element):
     assert score.phase_error < 60  # far better than random (90°)
 
 
-@pytest.mark.real_data
 def test_heavy_atom_not_applicable(structure_of):
     s = structure_of("NoSpherA2_epoxide.cif")  # C2H4O
     plan = heavy_atom_plan(s.atoms)

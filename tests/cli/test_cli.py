@@ -21,7 +21,6 @@ def mixed_h5(real_cif_dir, tmp_path_factory):
     return out
 
 
-@pytest.mark.real_data
 def test_build_good_files(real_cif_dir, tmp_path, capsys):
     out = tmp_path / "good.h5"
     rc = main(["build", *[str(real_cif_dir / n) for n in GOOD], "-o", str(out), "--workers", "1",
@@ -37,7 +36,6 @@ def test_build_good_files(real_cif_dir, tmp_path, capsys):
     assert info["build_options"]["compression"] == "gzip"
 
 
-@pytest.mark.real_data
 def test_build_with_failures(real_cif_dir, tmp_path, capsys):
     out = tmp_path / "mixed.h5"
     rc = main(["build", *[str(real_cif_dir / n) for n in GOOD + BAD], "-o", str(out),
@@ -61,7 +59,6 @@ def test_build_missing_input(tmp_path, capsys):
     assert not (tmp_path / "o.h5").exists()
 
 
-@pytest.mark.real_data
 def test_build_existing_output(real_cif_dir, mixed_h5, capsys):
     rc = main(["build", str(real_cif_dir / GOOD[0]), "-o", str(mixed_h5), "--quiet"])
     assert rc == EXIT_ERROR
@@ -69,7 +66,6 @@ def test_build_existing_output(real_cif_dir, mixed_h5, capsys):
     assert "exists" in err and "--overwrite" in err
 
 
-@pytest.mark.real_data
 def test_build_bad_option(real_cif_dir, tmp_path, capsys):
     rc = main(["build", str(real_cif_dir / GOOD[0]), "-o", str(tmp_path / "o.h5"),
                "--test-fraction", "2", "--quiet"])
@@ -80,7 +76,6 @@ def test_build_bad_option(real_cif_dir, tmp_path, capsys):
     assert e.value.code == 2
 
 
-@pytest.mark.real_data
 def test_info(mixed_h5, capsys):
     assert main(["info", str(mixed_h5)]) == EXIT_OK
     text = capsys.readouterr().out
@@ -93,7 +88,6 @@ def test_info(mixed_h5, capsys):
         assert n in text
 
 
-@pytest.mark.real_data
 def test_info_json(mixed_h5, capsys):
     assert main(["info", "--json", str(mixed_h5)]) == EXIT_OK
     info = json.loads(capsys.readouterr().out)

@@ -33,7 +33,6 @@ def p1bar(structure_of):
     return problem_from_structure(structure_of("StructureFinder_P-1.cif"), 1.0).truncate(None)
 
 
-@pytest.mark.real_data
 def test_true_phases_score_perfectly_at_every_origin(p1bar):
     flips = origin_sign_flips(p1bar.hkl)
     for k in range(8):
@@ -48,7 +47,6 @@ def test_true_phases_score_perfectly_at_every_origin(p1bar):
             assert map_correlation(p1bar.phase_true, shifted, p1bar.amplitude) < 0.9
 
 
-@pytest.mark.real_data
 def test_random_signs_score_as_chance(p1bar):
     rng = np.random.default_rng(3)
     cc, err = [], []
@@ -62,7 +60,6 @@ def test_random_signs_score_as_chance(p1bar):
     assert abs(np.mean(cc)) < 0.12 and 80 < np.mean(err) < 100
 
 
-@pytest.mark.real_data
 def test_eight_shifted_structures_score_as_the_unshifted(structure_of):
     """Move the atoms of a real P2₁/c structure by each t in {0,½}³: every copy scores like the original."""
     s = structure_of("cod-tools_2204271.cif")
@@ -83,7 +80,6 @@ def test_eight_shifted_structures_score_as_the_unshifted(structure_of):
         assert sc2.phase_error == pytest.approx(base.phase_error, abs=1e-6)
 
 
-@pytest.mark.real_data
 def test_polar_group_continuous_shift_and_enantiomorph(structure_of):
     s = structure_of("cod-tools_2219444.cif")  # P c a 21: the origin floats along c
     p = problem_from_structure(s, 1.5).truncate(None)
@@ -97,7 +93,6 @@ def test_polar_group_continuous_shift_and_enantiomorph(structure_of):
     assert np.isnan(score.sign_accuracy)
 
 
-@pytest.mark.real_data
 def test_atom_recovery_true_vs_random(structure_of):
     s = structure_of("cod-tools_2204271.cif")
     p = problem_from_structure(s, 1.0).truncate(None)

@@ -21,7 +21,6 @@ from phasenet.io.hdf5 import STRUCTURE_COLUMNS
 from phasenet.structure import Structure
 from h5compare import assert_same_arrays, read_h5
 
-pytestmark = pytest.mark.real_data
 
 #: Files with measured reflections (embedded hkl, paired .fcf, paired .hkl, _refln loop).
 MEASURED = ["StructureFinder_P-1.cif", "FinalCif_alert_example.cif",
@@ -274,40 +273,53 @@ def test_no_inputs(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill(inputs, tmp_path):
-    """Kill a build (SIGKILL) once some parts exist, run it again: the result equals an
-    uninterrupted build of the same inputs and options."""
+def test_resume_after_sigkill(inputs, real_cif_dir, tmp_path):
+    """Kill a build (SIGKILL) with some parts written, run it again: the result equals an
+    uninterrupted build of the same inputs and options.
+
+    The kill lands at a fixed point whatever the machine's speed: one input is a named
+    pipe, on which the build blocks (opening it waits for a writer), so the parts before
+    its slice are written and no later one can be. For the rerun the pipe is replaced by
+    a regular CIF at the same path (the same inputs, so the parts are reused)."""
+    # two folder links to the corpus around the pipe fix the sorted order:
+    # first/<8 files>, pipe.cif, second/<the rest> (paired .hkl/.fcf files stay beside them)
+    (tmp_path / "a_first").symlink_to(real_cif_dir, target_is_directory=True)
+    (tmp_path / "c_second").symlink_to(real_cif_dir, target_is_directory=True)
+    n_before = 8
+    pipe = tmp_path / "b_pipe.cif"
+    os.mkfifo(pipe)
     listing = tmp_path / "inputs.txt"
-    listing.write_text("\n".join(str(p) for p in inputs) + "\n")
+    listing.write_text("\n".join([*(f"a_first/{p.name}" for p in inputs[:n_before]), pipe.name,
+                                   *(f"c_second/{p.name}" for p in inputs[n_before:])]) + "\n")
     out = tmp_path / "resumed.h5"
     parts = out.with_name(out.name + ".parts")
     cmd = [sys.executable, "-m", "phasenet.cli", "build", str(listing), "-o", str(out),
            "--workers", "1", "--chunk-size", "2", "--quiet"]
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    deadline = time.monotonic() + 120
-    n_parts = 0
+    n_done = n_before // 2  # 2 files per part: the pipe's slice is the next one
+    deadline = time.monotonic() + 300  # against hanging only
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            n_parts = len(list(parts.glob("part-*.h5"))) if parts.is_dir() else 0
-            if n_parts >= 2:
+            if parts.is_dir() and len(list(parts.glob("part-*.h5"))) >= n_done:
                 break
-            time.sleep(0.005)
+            time.sleep(0.05)
+        assert proc.poll() is None, f"the build ended (rc {proc.returncode}): {proc.stderr.read().decode()[-2000:]}"
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    if proc.returncode != -signal.SIGKILL:
-        pytest.fail(f"the build ended before it could be killed (rc {proc.returncode}, "
-                    f"{n_parts} parts seen): {proc.stderr.read().decode()[-2000:]}")
-    assert n_parts >= 2
+        proc.wait(60)
+    assert proc.returncode == -signal.SIGKILL
     assert not out.exists(), "an interrupted build left an output that looks complete"
-    done = sorted(parts.glob("part-*.h5"))
-    assert 2 <= len(done) < len(inputs) // 2  # 2 files per part
+    done = sorted(p.name for p in parts.glob("part-*.h5"))
+    assert done == [f"part-{i:06d}.h5" for i in range(n_done)]
+    assert 2 <= len(done) < len(inputs) // 2
 
+    pipe.unlink()
+    pipe.write_bytes(inputs[0].read_bytes())  # now a regular file: the build can pass it
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 1, r.stderr  # 1: written, some inputs failed
-    assert "parts reused from an interrupted build" in r.stdout
+    assert f"{n_done} parts reused from an interrupted build" in r.stdout
     assert out.is_file() and not parts.exists()
 
     ref = tmp_path / "reference.h5"
@@ -318,3 +330,4 @@ def test_resume_after_sigkill(inputs, tmp_path):
     _assert_same_file(out, ref)
     with h5py.File(out, "r") as h5:
         assert bool(h5.attrs["complete"])
+        assert h5.attrs["n_inputs"] == len(inputs) + 1

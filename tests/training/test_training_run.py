@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -91,28 +90,50 @@ print('ok')
     assert r.returncode == 0 and "ok" in r.stdout and "needs cell" in r.stdout, r.stderr[-2000:]
 
 
+#: ``phasenet`` that kills itself (SIGKILL) at a fixed point: right after the checkpoint
+#: folder of epoch KILL_AT is renamed into place, before history.csv is rewritten. The
+#: kill lands there whatever the machine's speed (a kill sent from outside after the
+#: folder appears could land an epoch or two later, or after the run ended).
+KILLING_CLI = """
+import os, signal, sys
+if __name__ == "__main__":  # the batch reader is spawned: it re-imports this file
+    kill_at = "epoch-%04d" % int(os.environ["KILL_AT"])
+    replace = os.replace
+
+    def replace_then_die(src, dst, *args, **kwargs):
+        replace(src, dst, *args, **kwargs)
+        if os.path.basename(os.fspath(dst)) == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    os.replace = replace_then_die
+    from phasenet.cli import main
+    sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
 def test_resume_after_sigkill_gives_the_uninterrupted_history_jax(dataset, tmp_path):
     args = ["--data", dataset, "--epochs", 8, *SMALL, "--set", "run.batch_size=8",
             "--set", "model.dropout=0.3", "--set", "model.batch_norm=true"]
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     _ok(run_phasenet(["train", DEMO, "--out", ref, *args], "jax"))
-    proc = run_phasenet(["train", DEMO, "--out", cut, *args], "jax", background=True)
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if (cut / "checkpoints" / "epoch-0003").is_dir():
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "run finished before it could be killed: " + proc.stdout.read()[-2000:]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    # The checkpoint folder is renamed into place before history.csv is rewritten, so
-    # the last complete checkpoint (what --resume starts from) says where the run stopped.
+    script = tmp_path / "killing_cli.py"
+    script.write_text(KILLING_CLI)
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3", KILL_AT="3",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, str(script), "train", str(DEMO), "--out", str(cut), *map(str, args)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout[-2000:] + proc.stderr[-2000:]
+    # Killed between the checkpoint's rename and the history's rewrite: the last complete
+    # checkpoint (what --resume starts from) is epoch 3, history.csv still ends at epoch 2.
     done = sorted(p.name for p in (cut / "checkpoints").glob("epoch-????") if p.is_dir())
-    killed_at = int(done[-1][-4:])
-    assert 3 <= killed_at < 8
+    assert done[-1] == "epoch-0003"
+    assert list(pd.read_csv(cut / "history.csv")["epoch"]) == [1, 2]
+    assert not (cut / "model.keras").exists()
     refused = run_phasenet(["train", DEMO, "--out", cut, *args], "jax")
     assert refused.returncode == 2 and "pass --resume" in refused.stderr
-    _ok(run_phasenet(["train", DEMO, "--out", cut, "--resume", *args], "jax"))
+    resumed = _ok(run_phasenet(["train", DEMO, "--out", cut, "--resume", *args], "jax"))
+    assert "(resumed from epoch-0003)" in resumed.stdout + resumed.stderr
     a = pd.read_csv(ref / "history.csv").drop(columns="seconds")
     b = pd.read_csv(cut / "history.csv").drop(columns="seconds")
     assert list(b["epoch"]) == list(range(1, 9))
