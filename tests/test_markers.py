@@ -5,7 +5,7 @@ import phasenet  # noqa: F401  (first: cctbx import order)
 import subprocess
 import sys
 
-from conftest import REAL_DATA_FIXTURES, REPO_ROOT, uses_real_data
+from tests.conftest import REAL_DATA_FIXTURES, REPO_ROOT, uses_real_data
 
 
 def test_real_data_marker_equals_the_tests_using_real_data_fixtures(request):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT
 from phasenet.cli.commands import main
 from test_slurm import slurm_cluster, status, wait_for  # noqa: F401  (slurm_cluster: a fixture)
 
