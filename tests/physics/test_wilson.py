@@ -113,3 +113,24 @@ def test_composition_from_formula_and_errors():
         composition_from_formula("123")
     with pytest.raises(ValueError, match="no reflections"):
         normalise_amplitudes([[1, 0, 0]], [np.nan], (5, 5, 5, 90, 90, 90), "P 1")
+
+
+def test_network_input_sees_only_what_is_given():
+    from phasenet.reflections import canonical_hkl, d_spacings
+    from phasenet.training.inputs import network_input
+
+    hkl, amp, cell, centric, comp, hall = cctbx_amplitudes("P-1", 30, 0.8, seed=4)
+    grid = canonical_hkl(10, 50)
+    full = network_input(grid, hkl, amp, cell, "P -1")
+    cut = network_input(grid, hkl, amp, cell, "P -1", d_min=2.0)
+    d_grid = d_spacings(grid, cell)
+    assert cut.mask[d_grid < 2.0 - 1e-9].sum() == 0 and (cut.e2[cut.mask == 0] == 0).all()
+    assert cut.n_given < full.n_given and cut.mask.sum() <= full.mask.sum()
+    # changing amplitudes beyond d_min changes nothing the network sees
+    noisy = np.where(d_spacings(hkl, cell) < 2.0, amp * 5 + 1, amp)
+    again = network_input(grid, hkl, noisy, cell, "P -1", d_min=2.0)
+    np.testing.assert_array_equal(again.e2, cut.e2)
+    np.testing.assert_array_equal(again.mask, cut.mask)
+    # Friedel mates map onto the grid's representatives
+    mates = network_input(grid, -hkl, amp, cell, "P -1", d_min=2.0)
+    np.testing.assert_array_equal(mates.e2, cut.e2)
