@@ -71,7 +71,9 @@ def _block_forever(*args, **kwargs):
 def test_timeout_and_failure_are_rows(small_h5, tmp_path, monkeypatch):
     # a method that never returns (in the forked worker): the hard timeout must fire,
     # however fast the machine
-    monkeypatch.setattr(evaluate_module, "charge_flip", _block_forever)
+    import phasenet.baselines.charge_flipping as cf_module
+
+    monkeypatch.setattr(cf_module, "charge_flip", _block_forever)
     opts = EvaluateOptions(methods=("charge-flipping",), d_min=(2.0,), timeout=0.5, workers=2,
                            atom_recovery=False)
     res = evaluate_dataset(small_h5, tmp_path / "r", opts, progress=False)

@@ -151,7 +151,9 @@ def test_a_task_that_never_returns_is_killed_as_a_timeout_row(obs_h5, tmp_path, 
     """The hard --timeout: a method that never returns (charge flipping replaced by a
     function that blocks forever, in the forked worker) becomes a `timeout` row, the other
     rows are kept and the report is complete; exit status 1."""
-    monkeypatch.setattr(evaluate_module, "charge_flip", _block_forever)
+    import phasenet.baselines.charge_flipping as cf_module
+
+    monkeypatch.setattr(cf_module, "charge_flip", _block_forever)
     rc = main(["evaluate", str(obs_h5), "-o", str(tmp_path / "r"), "--method", "true",
                "--method", "charge-flipping", "--d-min", "2.0", "--timeout", "1", "--workers", "2",
                "--quiet"])
