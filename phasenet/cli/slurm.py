@@ -298,7 +298,11 @@ def execute_rerun(args) -> int:
     return EXIT_OK
 
 
+def execute(args) -> int:
+    """Run the subcommand chosen (its ``execute_*`` function, set by its parser)."""
+    return args.execute(args)
+
+
 def run(args=None) -> int:
     """``phasenet slurm ARGS``; ``args``: the argument list (default ``sys.argv[1:]``)."""
-    ns = command_parser(sys.modules[__name__]).parse_args(args)
-    return ns.execute(ns)
+    return execute(command_parser(sys.modules[__name__]).parse_args(args))
