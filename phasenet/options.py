@@ -22,11 +22,6 @@ import dataclasses
 from dataclasses import MISSING
 from pathlib import Path
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
-
 
 class OptionsError(ValueError):
     """Bad options: an unknown key (the message lists the valid ones) or a wrong value."""
@@ -144,6 +139,11 @@ def options_from_dict(cls, table: dict, source: str = "", base=None):
 
 def read_toml(path) -> dict:
     """A TOML file as a table; unreadable or invalid files raise OptionsError naming them."""
+    try:  # here, not at the top: `import phasenet` does not need it
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+
     path = Path(path)
     try:
         with open(path, "rb") as fh:
