@@ -23,6 +23,7 @@ test: venv
 	$(PY) -m pytest
 
 bench: venv
+	$(PY) benchmarks/bench_startup.py
 	$(PY) benchmarks/bench_build.py
 	$(PY) benchmarks/bench_memory.py
 	$(PY) benchmarks/bench_synth.py

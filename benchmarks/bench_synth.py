@@ -7,7 +7,7 @@ Stages (one process, ms per structure, wall and CPU time): generation
 CPU time also split into growth and compression), structure factors
 (``compute_record``), HDF5 writing (``dataset.write_part`` of the records). Whole
 runs: ``synth_dataset`` end to end (generation, structure factors, parts, merge).
-``--packing``: the ``phasenet.synth.generate.PACKINGS`` preset (``phasenet synth --packing``):
+``--packing``: the ``phasenet.synth.options.PACKINGS`` preset (``phasenet synth --packing``):
 dense (the default: grow and squeeze) or fast (growth only).
 Also reports the realised volume per non-H atom, non-H atom counts and space
 groups, and the load average (the machine is shared: compare CPU times).
@@ -32,7 +32,8 @@ def main(argv=None):
     from phasenet.io import hdf5 as dataset
     from phasenet.pipeline.records import compute_record
     from phasenet.reflections import canonical_hkl
-    from phasenet.synth.generate import PACKINGS, SynthOptions, generate_structure, synth_dataset
+    from phasenet.synth.generate import SynthOptions, generate_structure, synth_dataset
+    from phasenet.synth.options import PACKINGS
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-n", type=int, default=200, help="structures (default %(default)s)")

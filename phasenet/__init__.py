@@ -34,16 +34,17 @@ _ensure_cctbx_runtime_first()
 from phasenet.version import __version__
 
 from phasenet.reflections import canonical_hkl
-from phasenet.pipeline.build import BuildOptions, BuildSummary, build_dataset
+from phasenet.pipeline.options import BuildOptions
+from phasenet.pipeline.build import BuildSummary, build_dataset
 from phasenet.io.hdf5 import dataset_info, read_structures_table
 
 # Loaded on first use, so that ``import phasenet`` stays light (numba, Keras, smtbx).
 _LAZY = {
-    "SynthOptions": "phasenet.synth.generate",
+    "SynthOptions": "phasenet.synth.options",
     "synth_dataset": "phasenet.synth.generate",
     "generate_structure": "phasenet.synth.generate",
     "merge_shards": "phasenet.pipeline.shards",
-    "EvaluateOptions": "phasenet.evaluation.evaluate",
+    "EvaluateOptions": "phasenet.evaluation.options",
     "evaluate_dataset": "phasenet.evaluation.evaluate",
     "score_phases": "phasenet.evaluation.metrics",
     "patterson_map": "phasenet.baselines.patterson",

@@ -32,8 +32,10 @@
 
 # --- 2. The job's environment (runs inside each job) -------------------------------------
 # Where phasenet is installed. Default: the repository's own .venv (`make venv`), found
-# next to this folder. Set PHASENET_VENV to another virtualenv, or replace the body of
-# phasenet_setup with your conda/module recipe.
+# next to this folder; failing that, the `phasenet` of the environment you submitted from
+# (sbatch passes it on; so it is with phasenet installed from a wheel, whose copy of these
+# scripts lies in the package). Set PHASENET_VENV to another virtualenv, or replace the
+# body of phasenet_setup with your conda/module recipe.
 : "${PHASENET_VENV:=}"
 
 phasenet_setup() {

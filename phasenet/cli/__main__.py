@@ -1,3 +1,3 @@
-from phasenet.cli.commands import main
+from phasenet.cli import main
 
 raise SystemExit(main())

@@ -32,79 +32,26 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 
-from phasenet.baselines.charge_flipping import ChargeFlippingOptions
 from phasenet.baselines.registry import (BATCHED, FORKED, NotApplicable, PhasingFailed, PhasingMethod,
-                                         UnknownMethod, check_method_name, get_method, problem_for)
+                                         UnknownMethod, get_method, problem_for)
 from phasenet.evaluation.maps import atom_recovery
 from phasenet.evaluation.metrics import SOLVED_CC, score_phases
-from phasenet.baselines.patterson import HeavyAtomOptions
+from phasenet.evaluation.options import BASE_METHODS, DEFAULT_D_MIN, EvaluateOptions, EvaluationError
 from phasenet.evaluation.problem import DatasetRows, PhasingProblem, problem_from_structure
 from phasenet.reflections import resolution_mask, sphere_hkl
 from phasenet.util.progress import progress_bar
 from phasenet.util.workers import start_forked
 
-#: the methods evaluated by default (any registered name may be asked for)
-BASE_METHODS = ("true", "random", "patterson", "charge-flipping")
-DEFAULT_D_MIN = (0.8, 1.0, 1.2, 1.5, 2.0)
 STATUSES = ("ok", "not-applicable", "failed", "timeout")
 ROW_COLUMNS = ["index", "id", "space_group", "centric_origin", "method", "d_min", "status", "reason",
                "n_reflections", "d_min_data", "completeness", "phase_error", "map_cc", "sign_accuracy",
                "solved", "atom_recovery", "origin_shift", "inverted", "seconds"]
-
-
-class EvaluationError(ValueError):
-    """Bad input to the evaluation as a whole (dataset, options)."""
-
-
-@dataclass(frozen=True)
-class EvaluateOptions:
-    methods: tuple[str, ...] = BASE_METHODS
-    d_min: tuple[float, ...] = DEFAULT_D_MIN
-    limit: int | None = None  # first N structures (after ``split``)
-    split: str | None = None  # 'train' / 'test' / None (all)
-    workers: int = 1
-    timeout: float = 300.0  # seconds per (structure, method, d_min), enforced by killing the worker
-    seed: int = 0
-    amplitudes: str = "calc"  # 'calc' (exact) or 'obs' (measured, where the dataset has them)
-    reflections: str = "dataset"  # 'dataset' or 'sphere'
-    atom_recovery: bool = True
-    solved_cc: float = SOLVED_CC
-    charge_flipping: ChargeFlippingOptions = field(default_factory=ChargeFlippingOptions)
-    heavy_atom: HeavyAtomOptions = field(default_factory=HeavyAtomOptions)
-
-    def __post_init__(self):
-        if not self.methods:
-            raise EvaluationError("no methods given")
-        for m in self.methods:
-            try:
-                check_method_name(m)
-            except UnknownMethod as exc:
-                raise EvaluationError(str(exc)) from None
-        if len(set(self.methods)) != len(self.methods):
-            raise EvaluationError(f"methods repeated: {list(self.methods)}")
-        if not self.d_min or any(not (d > 0) for d in self.d_min):
-            raise EvaluationError(f"d_min values must be positive, got {list(self.d_min)}")
-        if self.limit is not None and self.limit < 1:
-            raise EvaluationError(f"limit must be >= 1, got {self.limit}")
-        if self.workers < 1:
-            raise EvaluationError(f"workers must be >= 1, got {self.workers}")
-        if not self.timeout > 0:
-            raise EvaluationError(f"timeout must be positive, got {self.timeout}")
-        if self.amplitudes not in ("calc", "obs"):
-            raise EvaluationError(f"amplitudes must be 'calc' or 'obs', got {self.amplitudes!r}")
-        if self.reflections not in ("dataset", "sphere"):
-            raise EvaluationError(f"reflections must be 'dataset' or 'sphere', got {self.reflections!r}")
-        if self.split not in (None, "train", "test"):
-            raise EvaluationError(f"split must be 'train', 'test' or None, got {self.split!r}")
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

@@ -13,7 +13,6 @@ build. Memory is bounded by one slice per worker, whatever the number of structu
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import multiprocessing as mp
@@ -27,11 +26,11 @@ from pathlib import Path
 
 
 from phasenet.io import hdf5 as dataset
-from phasenet.io.cif import DEFAULT_U_ISO, ReadFailure, read_cif
+from phasenet.io.cif import ReadFailure, read_cif
+from phasenet.pipeline.options import BuildOptions
 # imported here, not in the workers: forked workers then start with them loaded
 from phasenet.pipeline.records import compute_record
-from phasenet.physics.normalisation import check_method
-from phasenet.reflections import DEFAULT_MAX_INDEX, canonical_hkl
+from phasenet.reflections import canonical_hkl
 from phasenet.util.progress import progress_bar
 
 try:
@@ -41,40 +40,6 @@ except ImportError:  # pragma: no cover
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 CIF_SUFFIXES = (".cif",)
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    """Everything that decides a build's result (plus how it runs: workers, chunk size)."""
-
-    max_index: int = DEFAULT_MAX_INDEX
-    r2_max: int | None = None
-    normalisation: str = "linreg"
-    default_u: float = DEFAULT_U_ISO
-    test_fraction: float = 1.0 / 7.0  # the study's 6000/1000 of 7000
-    seed: int = 0
-    read_observations: bool = True
-    compression: str | None = "lzf"
-    workers: int | None = None  # None: all cores
-    chunk_size: int = 64
-
-    def __post_init__(self):
-        check_method(self.normalisation)
-        if not 0.0 <= self.test_fraction <= 1.0:
-            raise ValueError(f"test_fraction must be in [0, 1], got {self.test_fraction}")
-        if self.default_u <= 0:
-            raise ValueError(f"default_u must be > 0 Å², got {self.default_u}")
-        if self.chunk_size < 1:
-            raise ValueError("chunk_size must be >= 1")
-        if self.compression not in (None, "lzf", "gzip"):
-            raise ValueError(f"compression must be lzf, gzip or None, got {self.compression!r}")
-        canonical_hkl(self.max_index, self.r2_max)  # validates both
-
-    def result_options(self) -> dict:
-        """The options that decide the result (recorded in the dataset)."""
-        d = dataclasses.asdict(self)
-        d.pop("workers")
-        return d
 
 
 @dataclass

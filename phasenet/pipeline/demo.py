@@ -20,14 +20,26 @@ from pathlib import Path
 
 
 DEMO_SPACE_GROUPS = ("P -1", "P 1 21/c 1")
-#: The training config of the demo (a tiny sign network, origin-invariant loss).
-DEMO_TRAIN_CONFIG = Path(__file__).resolve().parents[2] / "training" / "demo.toml"
 #: Test structures the demo evaluates, and at which resolutions.
 DEMO_EVAL_LIMIT = 12
 DEMO_D_MIN = (1.0, 2.0)
-#: Fraction of heavy atoms (S, Cl, Br, I, P, Cu) in the demo's molecules, so that the
-#: Patterson heavy-atom baseline has something to find in some structures.
-DEMO_HEAVY_FRACTION = 0.06
+
+
+def demo_files() -> tuple[Path, Path]:
+    """The demo's dataset recipe (``datasets/demo.toml``: the synth options, with a few
+    heavy atoms for the Patterson baseline) and training config (``training/demo.toml``:
+    a tiny sign network, origin-invariant loss), from the checkout or the installed package."""
+    from phasenet.resources import resource_path
+
+    return resource_path("datasets", "demo.toml"), resource_path("training", "demo.toml")
+
+
+def demo_recipe():
+    """The demo's dataset recipe, read and checked."""
+    from phasenet.options import load_recipe
+    from phasenet.synth.options import SYNTH_RECIPE_KEYS, SynthOptions
+
+    return load_recipe(demo_files()[0], SynthOptions, SYNTH_RECIPE_KEYS)
 
 
 def write_random_cifs(folder: str | Path, n: int, seed: int = 0) -> list[Path]:
@@ -60,14 +72,15 @@ def write_random_cifs(folder: str | Path, n: int, seed: int = 0) -> list[Path]:
 
 
 def step_synth(out: Path, n: int, seed: int):
-    """Synthesise ``n`` structures into ``out/synth.h5``, with CIFs in ``out/cif``."""
+    """Synthesise ``n`` structures into ``out/synth.h5`` with the options of the demo's
+    recipe (and ``seed``), with CIFs in ``out/cif``."""
     from phasenet.synth.generate import SynthOptions, synth_dataset
 
-    print(f"[demo] synthesising {n} structures (seed {seed}) into {out / 'synth.h5'}, "
-          f"CIF files into {out / 'cif'}", flush=True)
-    summary = synth_dataset(n, out / "synth.h5", SynthOptions(seed=seed, chunk_size=16,
-                                                                     heavy_fraction=DEMO_HEAVY_FRACTION),
-                            cif_dir=out / "cif", overwrite=True, progress=True)
+    recipe = demo_recipe()
+    options = SynthOptions.from_dict({**recipe.options, "seed": seed})
+    print(f"[demo] synthesising {n} structures (seed {seed}, {recipe.path.name}) into "
+          f"{out / 'synth.h5'}, CIF files into {out / 'cif'}", flush=True)
+    summary = synth_dataset(n, out / "synth.h5", options, cif_dir=out / "cif", overwrite=True, progress=True)
     print(summary.format(), flush=True)
     return summary
 
@@ -111,8 +124,9 @@ def _phasenet(*args: str) -> int:
     return subprocess.call(cmd, env=env)
 
 
-def step_train(out: Path, config: Path = DEMO_TRAIN_CONFIG) -> bool:
+def step_train(out: Path, config: Path | None = None) -> bool:
     """Train the tiny sign network of ``training/demo.toml`` on the synthetic dataset."""
+    config = config or demo_files()[1]
     run = out / "run"
     if run.exists():
         import shutil
@@ -142,9 +156,10 @@ def step_evaluate(out: Path, limit: int = DEMO_EVAL_LIMIT, with_model: bool = Tr
 MARKER = ".phasenet-demo"
 
 
-def run_demo(out: str | Path = "demo-output", n: int = 200, seed: int = 0, train: bool = True,
+def run_demo(out: str | Path = "demo-output", n: int | None = None, seed: int = 0, train: bool = True,
              evaluate: bool = True) -> int:
-    """The main job on an embedded default: synthesise, build, check, train, evaluate, report."""
+    """The main job on an embedded default: synthesise, build, check, train, evaluate, report.
+    ``n``: structures to synthesise (default: the recipe's, 200)."""
     import time
 
     from phasenet.io.hdf5 import dataset_info, format_info
@@ -158,7 +173,7 @@ def run_demo(out: str | Path = "demo-output", n: int = 200, seed: int = 0, train
         return 2
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("made by phasenet demo; its files here are replaced on every run\n")
-    synth = step_synth(out, n, seed)
+    synth = step_synth(out, n if n is not None else demo_recipe().get("n"), seed)
     built = step_build(out, seed)
     same = step_compare(out / "synth.h5", out / "built.h5")
     print(format_info(dataset_info(out / "synth.h5")))

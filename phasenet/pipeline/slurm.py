@@ -52,18 +52,22 @@ class SlurmError(RuntimeError):
 
 def scripts_dir(explicit: str | Path | None = None) -> Path:
     """The folder with the sbatch scripts and site.sh: ``explicit``, else $PHASENET_SLURM_DIR,
-    else ``slurm/`` of the repository this phasenet was installed from (editable install)."""
-    candidates = [explicit, os.environ.get("PHASENET_SLURM_DIR"),
-                  Path(__file__).resolve().parents[2] / "slurm"]
-    for c in candidates:
+    else phasenet's own ``slurm/`` (the repository's, or the copy installed with phasenet)."""
+    from phasenet.resources import resource_dir
+
+    for c in (explicit, os.environ.get("PHASENET_SLURM_DIR")):
         if c:
             p = Path(c).resolve()
-            if (p / "site.sh").is_file():
-                return p
-            if c is explicit or c == os.environ.get("PHASENET_SLURM_DIR"):
+            if not (p / "site.sh").is_file():
                 raise SlurmError(f"{p}: no site.sh there (the folder of phasenet's sbatch scripts)")
-    raise SlurmError("phasenet's sbatch scripts not found: pass --scripts DIR or set "
-                     "PHASENET_SLURM_DIR to the repository's slurm/ folder")
+            return p
+    try:
+        p = resource_dir("slurm")
+    except FileNotFoundError as exc:
+        raise SlurmError(f"{exc}; or pass --scripts DIR or set PHASENET_SLURM_DIR") from None
+    if not (p / "site.sh").is_file():
+        raise SlurmError(f"{p}: no site.sh there (the folder of phasenet's sbatch scripts)")
+    return p
 
 
 def load_site(slurm_dir: Path, overrides: dict | None = None) -> dict[str, str]:

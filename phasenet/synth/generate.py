@@ -5,7 +5,7 @@ Structure ``i`` of a run with seed ``s`` comes from its own random stream
 size drawn once, then a cell of the matching volume in which a molecule grows
 from fragment rules (:mod:`phasenet.synth.molecules`) under the group's symmetry,
 clear of all its images (:mod:`phasenet.synth.packing`), then squeezed
-(``compress_rounds``, :data:`PACKINGS`); U_iso drawn from a range. Its model is rounded to
+(``compress_rounds``, :data:`phasenet.synth.options.PACKINGS`); U_iso drawn from a range. Its model is rounded to
 the precision the CIF stores (cell 4 decimals, angles 3, coordinates 5, U 5)
 *before* structure factors are computed, so ``--cif-dir`` files built with
 ``phasenet build`` give the same numbers. The dataset is written like a build:
@@ -38,114 +38,17 @@ import numpy as np
 
 from phasenet.io import hdf5 as dataset
 from phasenet.io.cif import ReadFailure
-from phasenet.physics.normalisation import check_method
-from phasenet.reflections import DEFAULT_MAX_INDEX, canonical_hkl
+from phasenet.reflections import canonical_hkl
 from phasenet.pipeline.shards import shard_range
 from phasenet.structure import AtomicModel, Structure
 from phasenet.util.progress import progress_bar
-from phasenet.synth.environment import PackingOptions, group_ops
-from phasenet.synth.molecules import HEAVY_ELEMENTS, MoleculeOptions
+from phasenet.synth.environment import group_ops
 from phasenet.synth.packing import (
-    DEFAULT_SPACE_GROUPS, CompressOptions, grow_in_cell, max_cell_volume, random_cell, space_group_spec)
+    CompressOptions, grow_in_cell, max_cell_volume, random_cell, space_group_spec)
+from phasenet.synth.options import SynthOptions
 
 #: Decimals the CIF stores (and the model is rounded to before computing).
 CELL_DECIMALS, ANGLE_DECIMALS, XYZ_DECIMALS, U_DECIMALS = 4, 3, 5, 5
-
-
-@dataclass(frozen=True)
-class SynthOptions:
-    """Everything that decides a synthetic dataset (plus workers, how it runs)."""
-
-    seed: int = 0
-    space_groups: tuple[str, ...] = DEFAULT_SPACE_GROUPS
-    atoms: tuple[int, int] = (8, 50)  # non-H atoms in the asymmetric unit
-    max_edge: float = 15.0  # Å
-    u_iso: tuple[float, float] = (0.005, 0.06)  # Å²
-    heavy_fraction: float = 0.0
-    heavy_elements: tuple[str, ...] = HEAVY_ELEMENTS
-    # Å³ per non-H atom: squeezing floor (LO), accepted range (LO-HI)
-    volume_per_atom: tuple[float, float] = (15.0, 22.0)
-    # Å³ per non-H atom of the cell the molecule grows in (drawn uniformly per structure)
-    grow_volume_per_atom: tuple[float, float] = (16.0, 30.0)
-    # grow-and-squeeze rounds: the grown crystal is squeezed (rigid molecules: the cell
-    # relaxed with them under pressure); with 2+ growth goes on in
-    # the smaller cell and is squeezed again, ... 0: growth only. Presets: PACKINGS
-    # ("dense", the default; "fast").
-    compress_rounds: int = 1
-    contact_tolerance: float = 0.2  # Å below the sum of van der Waals radii
-    h_contact_tolerance: float = 0.3
-    max_molecules: int = 4  # molecules in the asymmetric unit (the extra ones fill holes)
-    max_attempts: int = 12
-    # dataset (as phasenet build)
-    max_index: int = DEFAULT_MAX_INDEX
-    r2_max: int | None = None
-    normalisation: str = "linreg"
-    test_fraction: float = 1.0 / 7.0
-    compression: str | None = "lzf"
-    chunk_size: int = 64
-    workers: int | None = None
-
-    def __post_init__(self):
-        object.__setattr__(self, "space_groups", tuple(space_group_spec(g).name for g in self.space_groups))
-        if not self.space_groups:
-            raise ValueError("at least one space group is needed")
-        lo, hi = self.atoms
-        if not 1 <= lo <= hi:
-            raise ValueError(f"atoms must be MIN-MAX with 1 <= MIN <= MAX, got {lo}-{hi}")
-        ulo, uhi = self.u_iso
-        if not 0 < ulo <= uhi:
-            raise ValueError(f"u_iso must be LO HI with 0 < LO <= HI, got {ulo} {uhi}")
-        for key in ("volume_per_atom", "grow_volume_per_atom"):
-            vlo, vhi = getattr(self, key)
-            if not 0 < vlo < vhi:
-                raise ValueError(f"{key} must be LO < HI, got {vlo} {vhi}")
-        if self.max_edge <= 5.0:
-            raise ValueError(f"max_edge must be > 5 Å, got {self.max_edge}")
-        if self.compress_rounds < 0:
-            raise ValueError(f"compress_rounds must be >= 0, got {self.compress_rounds}")
-        if self.max_molecules < 1:
-            raise ValueError(f"max_molecules must be >= 1, got {self.max_molecules}")
-        check_method(self.normalisation)
-        if not 0.0 <= self.test_fraction <= 1.0:
-            raise ValueError(f"test_fraction must be in [0, 1], got {self.test_fraction}")
-        if self.chunk_size < 1:
-            raise ValueError("chunk_size must be >= 1")
-        if self.compression not in (None, "lzf", "gzip"):
-            raise ValueError(f"compression must be lzf, gzip or None, got {self.compression!r}")
-        self.molecule_options()  # validates heavy options
-        canonical_hkl(self.max_index, self.r2_max)
-
-    def molecule_options(self) -> MoleculeOptions:
-        return MoleculeOptions(heavy_fraction=self.heavy_fraction,
-                               heavy_elements=tuple(self.heavy_elements))
-
-    def packing_options(self) -> PackingOptions:
-        return PackingOptions(contact_tolerance=self.contact_tolerance,
-                              h_contact_tolerance=self.h_contact_tolerance)
-
-    def result_options(self) -> dict:
-        d = dataclasses.asdict(self)
-        d.pop("workers")
-        return d
-
-    def build_options(self) -> dict:
-        """The equivalent ``phasenet build`` options (recorded as ``build_options``)."""
-        from phasenet.pipeline.build import BuildOptions
-
-        return BuildOptions(max_index=self.max_index, r2_max=self.r2_max,
-                            normalisation=self.normalisation, test_fraction=self.test_fraction,
-                            seed=self.seed, compression=self.compression,
-                            chunk_size=self.chunk_size).result_options()
-
-
-#: Packing presets (``phasenet synth --packing``): ``SynthOptions(**PACKINGS[name], ...)``.
-#: "dense" (the defaults): grow in a cell of 16-30 Å³ per non-H atom, squeeze once
-#: (variable-cell relaxation under pressure), accept 15-22 Å³
-#: (mean ~18 Å³, like real organic crystals). "fast": growth only, accept 16-30 Å³
-#: (mean ~25 Å³, loose).
-DENSE = {"compress_rounds": 1, "volume_per_atom": (15.0, 22.0), "grow_volume_per_atom": (16.0, 30.0)}
-FAST = {"compress_rounds": 0, "volume_per_atom": (16.0, 30.0), "grow_volume_per_atom": (16.0, 30.0)}
-PACKINGS = {"dense": DENSE, "fast": FAST}
 
 
 #: Squeezing for the hard cases (from the 3rd attempt at a structure): longer relaxation.

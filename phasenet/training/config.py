@@ -3,7 +3,7 @@
 A config file has the sections below (every key optional; see ``training/*.toml``)::
 
     [run]       name, seed, epochs, batch_size, deterministic
-    [data]      path, task, max_index, r2_max, normalisation, input_transform,
+    [data]      path, recipe, task, max_index, r2_max, normalisation, input_transform,
                 max_train, max_test, block_rows, shuffle_buffer, prefetch, in_memory
     [model]     width, depth, widths, activation, dropout, batch_norm, l2,
                 cell_input, bottleneck, output_activation
@@ -49,6 +49,7 @@ class RunSection:
 @dataclass
 class DataSection:
     path: str = ""  # HDF5 dataset; relative paths are taken from the current directory
+    recipe: str = ""  # the recipe of the dataset it expects: "datasets/NAME.toml" (see recipe_path)
     task: str = "sign"
     max_index: int = 10  # the reflection set the model expects: canonical_hkl(max_index, r2_max)
     r2_max: int = 0  # 0: no sphere cut (4630 reflections); 50: the study's 709
@@ -206,6 +207,8 @@ def _check_value(dotted: str, value, default):
     elif isinstance(default, str):
         if not isinstance(value, str):
             raise bad("must be a string")
+    if dotted == "data.recipe" and value and not (value.startswith("datasets/") and value.endswith(".toml")):
+        raise bad('must name a recipe of the datasets/ folder: "datasets/NAME.toml"')
     if dotted in CHOICES and value not in CHOICES[dotted]:
         raise bad(f"allowed values: {', '.join(CHOICES[dotted])}")
     if dotted in RANGES:
@@ -319,6 +322,18 @@ def load_config(path: str | Path, overrides=()) -> TrainConfig:
     if not cfg.run.name:
         cfg.run.name = path.stem
     return cfg
+
+
+def recipe_path(cfg: TrainConfig, config_path: str | Path) -> Path | None:
+    """The file of ``data.recipe`` (None if the config names none): ``datasets/`` is the
+    folder beside the config's own folder (the repository's, or the copy installed with
+    phasenet). A recipe that is not there raises ConfigError."""
+    if not cfg.data.recipe:
+        return None
+    path = Path(config_path).resolve().parent.parent / cfg.data.recipe
+    if not path.is_file():
+        raise ConfigError(f"{config_path}: data.recipe = {cfg.data.recipe!r}: no such recipe ({path})")
+    return path
 
 
 # ---- a small TOML writer (the resolved config of every run) -------------------------

@@ -81,6 +81,7 @@ def _comparable(cfg_dict: dict) -> dict:
     d["run"].pop("epochs", None)
     d.pop("output", None)
     d["data"].pop("path", None)
+    d["data"].pop("recipe", None)  # how the dataset is made: a description, like path
     d["data"].pop("prefetch", None)  # how rows are read, not which: the batches are the same
     d["data"].pop("in_memory", None)
     return d

@@ -1,4 +1,4 @@
-"""The ``phasenet`` command, called in-process through ``phasenet.cli.commands``."""
+"""The ``phasenet`` command, called in-process through ``phasenet.cli``."""
 
 import phasenet  # noqa: F401  (first: cctbx import order)
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from phasenet.cli.commands import EXIT_ERROR, EXIT_FAILURES, EXIT_OK, main
+from phasenet.cli import EXIT_ERROR, EXIT_FAILURES, EXIT_OK, main
 
 GOOD = ["StructureFinder_P-1.cif", "PyXtal_NaCl.cif", "FinalCif_multi.cif", "PyXtal_gdh.cif"]
 BAD = ["cod-tools_1000002-test-symop.cif", "cod-tools_2005206.cif"]

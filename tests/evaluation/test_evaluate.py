@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from phasenet.cli.commands import EXIT_ERROR, EXIT_FAILURES, main
+from phasenet.cli import EXIT_ERROR, EXIT_FAILURES, main
 from phasenet.evaluation import evaluate as evaluate_module
 from phasenet.evaluation.evaluate import EvaluateOptions, EvaluationError, evaluate_dataset, run_task
 from phasenet.evaluation.problem import DatasetRows

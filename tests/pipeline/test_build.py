@@ -323,7 +323,7 @@ def test_resume_after_sigkill(inputs, real_cif_dir, tmp_path):
     assert out.is_file() and not parts.exists()
 
     ref = tmp_path / "reference.h5"
-    from phasenet.cli.commands import main
+    from phasenet.cli import main
 
     assert main(["build", str(listing), "-o", str(ref), "--workers", "2", "--chunk-size", "2",
                  "--quiet"]) == 1

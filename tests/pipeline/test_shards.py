@@ -11,7 +11,7 @@ import pytest
 
 from phasenet import BuildOptions, build_dataset
 from phasenet.pipeline.build import BuildError
-from phasenet.cli.commands import main
+from phasenet.cli import main
 from phasenet.pipeline.demo import write_random_cifs
 from phasenet.pipeline.shards import ShardError, check_shards, merge_shards, shard_file_name
 from h5compare import assert_same_arrays, read_h5

@@ -23,7 +23,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from phasenet import BuildOptions, build_dataset
-from phasenet.cli.commands import main
+from phasenet.cli import main
 from phasenet.pipeline.shards import shard_file_name
 from test_shards import assert_same_dataset
 

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from phasenet import BuildOptions, build_dataset
-from phasenet.cli.commands import EXIT_ERROR, main
+from phasenet.cli import EXIT_ERROR, main
 from phasenet.pipeline.records import compute_record
 from phasenet.reflections import canonical_hkl
-from phasenet.synth.generate import DENSE, PACKINGS, SynthOptions, generate_structure, synth_dataset
+from phasenet.synth.generate import SynthOptions, generate_structure, synth_dataset
+from phasenet.synth.options import DENSE, PACKINGS
 from phasenet.synth.molecules import COVALENT_RADIUS, grow_molecule
 from phasenet.synth.environment import PackingOptions
 from phasenet.synth.packing import contact_limits

@@ -88,7 +88,7 @@ def test_sweep_members_and_cli_listing(capsys, tmp_path):
     members = expand(load_config(p))
     assert [m.label for m in members] == ["width=25,weight=intensity", "width=25,weight=uniform",
                                           "width=input,weight=intensity", "width=input,weight=uniform"]
-    from phasenet.cli.commands import main
+    from phasenet.cli import main
 
     assert main(["train", str(p), "--list-members"]) == 0
     assert capsys.readouterr().out.splitlines()[3].startswith("3\t03-width=input,weight=uniform")
@@ -99,6 +99,6 @@ def test_sweep_members_and_cli_listing(capsys, tmp_path):
 def test_import_phasenet_training_does_not_load_keras():
     import subprocess
 
-    code = "import phasenet, phasenet.training, phasenet.cli.commands, sys; print('keras' in sys.modules)"
+    code = "import phasenet, phasenet.training, phasenet.cli, sys; print('keras' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
     assert out.strip() == "False"
