@@ -30,6 +30,12 @@ def _add_dataset_options(p, d, unit: str):
                    help=f"{unit} per part, the unit of resumption (default %(default)s)")
     p.add_argument("--compression", choices=["lzf", "gzip", "none"], default="lzf",
                    help="HDF5 compression (default lzf)")
+    p.add_argument("--file-timeout", type=float, default=d.file_timeout, metavar="SECONDS",
+                   help=f"seconds one of the {unit} may take; past it, it is a failure of kind "
+                   "timeout and the run goes on (0: no limit; default %(default)s)")
+    p.add_argument("--max-atoms", type=int, default=d.max_atoms,
+                   help="most atoms in a unit cell (atoms listed x symmetry operators); more is "
+                   "a failure of kind too-many-atoms (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -63,7 +69,8 @@ def cmd_build(args) -> int:
             default_u=args.default_u, test_fraction=args.test_fraction, seed=args.seed,
             read_observations=not args.no_observations,
             compression=None if args.compression == "none" else args.compression,
-            workers=args.workers, chunk_size=args.chunk_size)
+            workers=args.workers, chunk_size=args.chunk_size,
+            file_timeout=args.file_timeout or None, max_atoms=args.max_atoms)
         from phasenet.pipeline.shards import parse_shard
 
         summary = build_dataset(args.inputs, args.output, options, overwrite=args.overwrite,
@@ -154,7 +161,8 @@ def cmd_synth(args) -> int:
             heavy_elements=tuple(e.strip() for e in args.heavy_elements.split(",") if e.strip()),
             max_index=args.max_index, r2_max=args.r2_max, normalisation=args.normalisation,
             test_fraction=args.test_fraction, workers=args.workers, chunk_size=args.chunk_size,
-            compression=None if args.compression == "none" else args.compression, **kw)
+            compression=None if args.compression == "none" else args.compression,
+            file_timeout=args.file_timeout or None, max_atoms=args.max_atoms, **kw)
         shard = parse_shard(args.shard) if args.shard else (0, 1)
         summary = synth_dataset(args.n, args.output, options, shard=shard, cif_dir=args.cif_dir,
                                 overwrite=args.overwrite, progress=False if args.quiet else None)
