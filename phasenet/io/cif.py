@@ -534,10 +534,10 @@ def structure_from_block(block, source: str, default_u: float = DEFAULT_U_ISO,
     symops, hm, number = _symmetry(ss, block)
     check_cell_atoms(len(ss.sites), len(symops), max_atoms, "atoms listed")
     atoms, notes, part = _atoms(ss, default_u)
-    atoms, dropped, part = _drop_symmetry_copies(atoms, symops, cell, part)
-    notes += dropped
-    atoms, settled = _settle_near_special(atoms, part, symops, cell)
-    notes += settled
+    with np.errstate(over="ignore", invalid="ignore"):  # garbage coordinates: no warnings
+        atoms, dropped, part = _drop_symmetry_copies(atoms, symops, cell, part)
+        atoms, settled = _settle_near_special(atoms, part, symops, cell)
+    notes += dropped + settled
     obs = None
     if read_observations:
         try:

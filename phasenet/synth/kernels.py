@@ -186,9 +186,13 @@ def warm_up() -> None:
     forked workers inherit compiled code instead of each compiling it again."""
     from phasenet.synth.relax import relax_cell
 
-    if all(f.signatures for f in (cloud_ok, own_ok, images, blocked, link, unlink, star_xyz,
-                                  orient, first_free, rigid, close_sites, images_into, relax_cell)):
+    kernels = (cloud_ok, own_ok, images, blocked, link, unlink, star_xyz, orient, first_free,
+               rigid, close_sites, images_into, relax_cell)
+    if all(f.signatures for f in kernels):
         return
+    from phasenet.numba_cache import announce_compilation
+
+    announce_compilation(kernels, "the synthetic-structure kernels", "60 s")
     from phasenet.synth.generate import SynthOptions, generate_structure
 
     for i in range(4):
