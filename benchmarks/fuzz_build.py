@@ -154,7 +154,8 @@ def enormous_atom_loop(raw, rng, max_rows: int = 20_000):
     """The atom rows copied with shifted coordinates: many distinct atoms."""
     lines = _lines(raw)
     tags, rows = _atom_rows(lines)
-    if not rows or b"_atom_site_fract_x" not in tags:
+    if not rows or any(t not in tags for t in (b"_atom_site_fract_x", b"_atom_site_fract_y",
+                                               b"_atom_site_fract_z")):
         return duplicate_lines(raw, rng)
     cols = [tags.index(t) for t in (b"_atom_site_fract_x", b"_atom_site_fract_y",
                                     b"_atom_site_fract_z")]

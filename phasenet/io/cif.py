@@ -573,7 +573,13 @@ def read_cif(path: str | Path, default_u: float = DEFAULT_U_ISO,
         return [ReadFailure(source, "", f"not a readable CIF file ({_short(exc)})", "unreadable-cif")]
     results: list[Structure | ReadFailure] = []
     for index, block in enumerate(doc):
-        if not _block_has_atoms(block):
+        try:
+            if not _block_has_atoms(block):
+                continue
+            block.name  # noqa: B018  (a name that is not UTF-8 raises here)
+        except UnicodeDecodeError as exc:
+            results.append(ReadFailure(source, "?", "a block name or tag that is not UTF-8 text "
+                                       f"({exc.reason})", "unreadable-cif"))
             continue
         try:
             results.append(structure_from_block(block, source, default_u, read_observations,
@@ -581,6 +587,9 @@ def read_cif(path: str | Path, default_u: float = DEFAULT_U_ISO,
                                                 max_atoms=max_atoms))
         except StructureError as exc:
             results.append(ReadFailure(source, block.name, str(exc), exc.kind))
+        except UnicodeDecodeError as exc:  # gemmi hands values over as str
+            results.append(ReadFailure(source, block.name, "a value that is not UTF-8 text "
+                                       f"({exc.reason}: {exc.object[:40]!r})", "unreadable-cif"))
         except Exception as exc:  # a reader bug must not stop a batch either
             results.append(ReadFailure(source, block.name, f"unexpected error: {_short(exc)}", "internal-error"))
     if not results:
