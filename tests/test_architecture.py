@@ -170,3 +170,13 @@ def test_synth_kernels_are_a_leaf_and_numba_stays_in_them():
     for m, out in edges.items():
         if m.startswith("phasenet.synth."):
             assert not {o for o in out if o == "phasenet" or o.startswith("phasenet.cli")}, m
+
+
+def test_tests_import_the_root_conftest_by_its_package_name():
+    """A folder's own conftest.py shadows a bare ``conftest``: test modules import the
+    root's constants as ``tests.conftest``."""
+    import re
+
+    bad = [str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "tests").rglob("*.py")
+           if re.search(r"^\s*(from conftest import|import conftest)", p.read_text(), flags=re.M)]
+    assert not bad, f"import tests.conftest instead of conftest in: {bad}"

@@ -20,6 +20,12 @@ import gemmi
 from phasenet.structure import AtomicModel, Structure
 from phasenet.io import hkl as hkl_reader
 
+#: Atoms in the unit cell (atoms listed x symmetry operators) above which a block is a
+#: failure of kind "too-many-atoms" (``--max-atoms``). Checked before anything is
+#: computed; with it, a worker's memory and time per structure are bounded (see
+#: docs/robustness.md). Generous: real small-molecule cells hold well under 2 000.
+DEFAULT_MAX_ATOMS = 20_000
+
 #: U_iso (Å²) given to atoms without displacement parameters (computed-database CIFs
 #: lack them). B = 8π²U ≈ 3.2 Å², typical of organic crystals near room temperature.
 DEFAULT_U_ISO = 0.04
@@ -194,7 +200,8 @@ def _element_from_label(label: str) -> str:
     return gemmi.Element(label[:n]).name if label[:1].isalpha() else "X"
 
 
-def _atoms(ss, default_u: float) -> tuple[AtomicModel, list[str]]:
+def _atoms(ss, default_u: float) -> tuple[AtomicModel, list[str], np.ndarray]:
+    """(atoms, notes, disorder group of each atom: ``_atom_site_disorder_group``, 0 if none)."""
     notes: list[str] = []
     rows = []
     skipped_h = 0
@@ -231,10 +238,11 @@ def _atoms(ss, default_u: float) -> tuple[AtomicModel, list[str]]:
             u6, defaulted = nan6, False
         else:
             u6, u_iso, defaulted = nan6, default_u, True
-        rows.append((site.label, name, site.charge, (x, y, z), occ, u_iso, u6, defaulted))
+        rows.append((site.label, name, site.charge, (x, y, z), occ, u_iso, u6, defaulted,
+                     site.disorder_group))
     if not rows:
         raise StructureError("no atoms with coordinates", "no-atoms")
-    label, element, charge, frac, occupancy, u_iso, u_aniso, u_defaulted = zip(*rows)
+    label, element, charge, frac, occupancy, u_iso, u_aniso, u_defaulted, part = zip(*rows)
     u_iso = np.array(u_iso, dtype=np.float64)
     u_aniso = np.array(u_aniso, dtype=np.float64)
     aniso = np.flatnonzero(~np.isnan(u_aniso[:, 0]))
@@ -261,7 +269,7 @@ def _atoms(ss, default_u: float) -> tuple[AtomicModel, list[str]]:
     n_def = int(model.u_defaulted.sum())
     if n_def:
         notes.append(f"{n_def} atoms without displacement parameters got U_iso={default_u}")
-    return model, notes
+    return model, notes, np.array(part, dtype=np.int64)
 
 
 def _u_cart_many(cell, u6: np.ndarray) -> np.ndarray:
@@ -294,95 +302,226 @@ def _unquote_sg_numbers(block) -> bool:
     return changed
 
 
+def check_cell_atoms(n_listed: int, n_ops: int, max_atoms: int = DEFAULT_MAX_ATOMS,
+                     what: str = "the atoms listed") -> None:
+    """Refuse a structure whose unit cell would hold more than ``max_atoms`` atoms:
+    ``n_listed`` atoms times ``n_ops`` symmetry operators (an upper bound of the cell's
+    count: copies on special positions and repeated atoms are not yet merged). Raises
+    :class:`StructureError` of kind ``too-many-atoms``; costs nothing, so every reader
+    (build, synth, solve) calls it before computing anything."""
+    n = int(n_listed) * max(1, int(n_ops))
+    if n > max_atoms:
+        raise StructureError(
+            f"{n_listed} {what} x {n_ops} symmetry operators = {n} atoms in the unit cell, "
+            f"more than the limit of {max_atoms} (max_atoms, --max-atoms)", "too-many-atoms")
+
+
 #: Two atoms of one element closer than this (Å), one on a symmetry image of the other,
 #: with occupancies summing to more than OVERFULL, are one atom listed twice. (The slack
 #: keeps disorder parts sharing a site with rounded occupancies, e.g. 0.813 + 0.19.)
 DUPLICATE_TOLERANCE = 0.05
 OVERFULL = 1.05
+#: An atom this close (Å) to one of its own symmetry images may be an atom on a special
+#: position given slightly off it (cctbx's default site-symmetry tolerance): see
+#: :func:`_settle_near_special`.
+NEAR_SPECIAL_TOLERANCE = 0.5
+#: (images found near the atoms) / (atoms x operators) above which a block is refused:
+#: thousands of atoms crowded within DUPLICATE_TOLERANCE of each other are no structure,
+#: and listing their pairs would cost time and memory quadratic in their number
+MAX_CROWDING = 32
 
 
-def _drop_symmetry_copies(atoms: AtomicModel, symops, cell) -> tuple[AtomicModel, list[str]]:
+def _drop_symmetry_copies(atoms: AtomicModel, symops, cell, part=None
+                          ) -> tuple[AtomicModel, list[str], np.ndarray | None]:
     """Drop atoms that sit on a symmetry image of an earlier atom of the same element
     when the two together would be more than fully occupied.
 
     'Grown' asymmetric units (Tonto's grown clusters, CSD atoms marked '*', completed
     molecules) list symmetry-generated copies as atoms of their own; expanded with the
     space group, each would count twice or more. Split sites of a disorder (occupancies
-    summing to at most 1) are kept.
+    summing to at most 1) are kept. Rows repeating an earlier row exactly are found by
+    sorting; the others by a KD-tree: no step is quadratic in the number of atoms.
+    ``part`` (disorder groups, one per atom) is filtered alike and returned.
     """
-    pairs = _near_image_pairs(atoms, symops, cell)
-    if not pairs:
-        return atoms, []
-    # an atom is a copy if it repeats an earlier atom that is not itself a copy
-    copy = np.zeros(len(atoms), dtype=bool)
-    earlier: dict[int, list[int]] = {}
-    for i, j in pairs:
-        earlier.setdefault(i, []).append(j)
-    for i in sorted(earlier):
-        copy[i] = any(not copy[j] for j in earlier[i])
+    n = len(atoms)
+    copy = np.zeros(n, dtype=bool)
+    if n >= 2:
+        # exact repeats of an earlier row (same element, position, occupancy) more than
+        # half occupied are copies whatever else is near (the greedy rule below gives
+        # them the same answer); dropping them first keeps the pair search small
+        key = np.column_stack([np.unique(atoms.element, return_inverse=True)[1].ravel(),
+                               atoms.frac % 1.0, atoms.occupancy])
+        _, first = np.unique(key, axis=0, return_index=True)
+        repeat = np.ones(n, dtype=bool)
+        repeat[first] = False
+        copy |= repeat & (2 * atoms.occupancy > OVERFULL)
+        rest = np.flatnonzero(~copy)
+        pairs = _near_image_pairs(atoms, symops, cell, rest)
+        # an atom is a copy if it repeats an earlier atom that is not itself a copy
+        earlier: dict[int, list[int]] = {}
+        for i, j in pairs:
+            earlier.setdefault(i, []).append(j)
+        for i in sorted(earlier):
+            copy[i] = any(not copy[j] for j in earlier[i])
     if not copy.any():
-        return atoms, []
+        return atoms, [], part
     from dataclasses import fields, replace
 
     kept = replace(atoms, **{f.name: getattr(atoms, f.name)[~copy] for f in fields(atoms)})
     labels = list(atoms.label[copy])
     return kept, [f"{len(labels)} atoms repeating a symmetry-equivalent atom dropped "
                   "(grown asymmetric unit): " + ", ".join(labels[:10])
-                  + (" ..." if len(labels) > 10 else "")]
+                  + (" ..." if len(labels) > 10 else "")], (None if part is None else part[~copy])
 
 
-def _near_image_pairs(atoms: AtomicModel, symops, cell) -> list[tuple[int, int]]:
-    """(i, j), j < i: atom i lies within DUPLICATE_TOLERANCE of an image of atom j of the
-    same element, and their occupancies sum to more than OVERFULL.
-
-    All images are sorted along x; each atom looks only at the images inside a window
-    of ±tolerance in x (a* · tolerance in fractional units), then checks the distance.
-    """
-    n = len(atoms)
-    if n < 2:
-        return []
+def _images(atoms: AtomicModel, symops, cell):
+    """(images (n m, 3) in [0, 1), m, orth, frac matrix): atom = image index // m."""
     from phasenet.symmetry import symmetry
 
     ops = symmetry(symops)
-    m = len(ops.rotations)
     uc = gemmi.UnitCell(*cell)
     orth = np.array(uc.orth.mat.tolist())
     frac_m = np.array(uc.frac.mat.tolist())
-    frac = atoms.frac % 1.0
-    pts = (np.einsum("mij,nj->nmi", ops.rotations.astype(float), frac)
-           + ops.translations[None]).reshape(-1, 3) % 1.0  # (n m, 3), atom = index // m
-    tx = DUPLICATE_TOLERANCE * float(np.linalg.norm(frac_m[0])) * (1 + 1e-9)
-    order = np.argsort(pts[:, 0], kind="stable")
-    xs = pts[order, 0]
-    ext = np.concatenate([xs - 1.0, xs, xs + 1.0])  # periodic in x
-    ext_idx = np.concatenate([order, order, order])
-    lo = np.searchsorted(ext, frac[:, 0] - tx, side="left")
-    hi = np.searchsorted(ext, frac[:, 0] + tx, side="right")
-    counts = hi - lo
-    if not counts.any():
+    pts = (np.einsum("mij,nj->nmi", ops.rotations.astype(float), atoms.frac)
+           + ops.translations[None]).reshape(-1, 3)
+    return _unit(pts), len(ops.rotations), orth, frac_m
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    """x mod 1 in [0, 1) (x % 1.0 can round to 1.0, which cKDTree's box refuses)."""
+    x = x % 1.0
+    x[x >= 1.0] = 0.0
+    return x
+
+
+def _near_image_pairs(atoms: AtomicModel, symops, cell, among=None) -> list[tuple[int, int]]:
+    """(i, j), j < i, both in ``among`` (default all): atom i lies within
+    DUPLICATE_TOLERANCE of an image of atom j of the same element, and their
+    occupancies sum to more than OVERFULL.
+
+    A periodic KD-tree on the images in fractional coordinates, queried with a ball
+    that holds every Cartesian DUPLICATE_TOLERANCE-neighbourhood; candidates are then
+    checked by their Cartesian distance. A block whose atoms crowd so that the
+    candidates exceed MAX_CROWDING per image is refused (``overlapping-atoms``).
+    """
+    from scipy.spatial import cKDTree
+
+    idx = np.arange(len(atoms)) if among is None else np.asarray(among)
+    if len(idx) < 2:
         return []
-    qi = np.repeat(np.arange(n), counts)
-    start = np.repeat(lo - (np.cumsum(counts) - counts), counts)
-    p = ext_idx[start + np.arange(len(qi))]
+    sub = atoms if among is None else _take(atoms, idx)
+    pts, m, orth, frac_m = _images(sub, symops, cell)
+    frac = _unit(sub.frac.copy())
+    radius = DUPLICATE_TOLERANCE * float(np.linalg.norm(frac_m, 2)) * (1 + 1e-9)
+    if not radius < 0.5:  # a cell so small that the ball wraps: nothing is a copy here
+        return []
+    tree = cKDTree(pts, boxsize=1.0)
+    counts = tree.query_ball_point(frac, radius, return_length=True)
+    if counts.sum() > MAX_CROWDING * len(pts) + 1000:
+        raise StructureError(
+            f"{len(sub)} atoms crowd within {DUPLICATE_TOLERANCE} Å of each other's symmetry "
+            "images (not a structure: repeated or garbage coordinates?)", "overlapping-atoms")
+    hits = tree.query_ball_point(frac, radius)
+    qi = np.repeat(np.arange(len(sub)), counts)
+    p = np.fromiter((k for row in hits for k in row), dtype=np.int64, count=int(counts.sum()))
     j = p // m
-    ok = (j < qi) & (atoms.element[j] == atoms.element[qi]) & (
-        atoms.occupancy[j] + atoms.occupancy[qi] > OVERFULL)
+    ok = (j < qi) & (sub.element[j] == sub.element[qi]) & (
+        sub.occupancy[j] + sub.occupancy[qi] > OVERFULL)
     qi, j, p = qi[ok], j[ok], p[ok]
     if not len(qi):
         return []
     d = pts[p] - frac[qi]
     d -= np.round(d)
     near = np.linalg.norm(d @ orth.T, axis=1) < DUPLICATE_TOLERANCE
-    return sorted(set(zip(qi[near].tolist(), j[near].tolist())))
+    return sorted(set(zip(idx[qi[near]].tolist(), idx[j[near]].tolist())))
+
+
+def _take(atoms: AtomicModel, idx) -> AtomicModel:
+    from dataclasses import fields, replace
+
+    return replace(atoms, **{f.name: getattr(atoms, f.name)[idx] for f in fields(atoms)})
+
+
+def _settle_near_special(atoms: AtomicModel, part: np.ndarray, symops, cell
+                         ) -> tuple[AtomicModel, list[str]]:
+    """Put atoms given slightly off a special position onto it; keep deliberate disorder.
+
+    The rule, for an atom within NEAR_SPECIAL_TOLERANCE (0.5 Å, cctbx's default) but not
+    within the structure factors' SPECIAL_POSITION_TOLERANCE (0.05 Å) of one of its own
+    symmetry images (closer ones are always on the special position):
+
+    - disorder group negative (SHELX ``PART -n``: copies generated by symmetry are
+      meant to overlap, each partly occupied): kept as given;
+    - otherwise, if its occupancy times the number of its images that near (itself
+      included) exceeds OVERFULL (1.05) -- e.g. a fully occupied atom 0.2 Å from a
+      two-fold axis, two atoms where there is one -- it is moved onto the special
+      position (the mean of those images), where the structure-factor code counts it
+      once and averages its displacement tensor over the site symmetry;
+    - otherwise (e.g. occupancy 0.5 and two images 0.3 Å apart: a site disordered over
+      two positions, together at most fully occupied) it is kept as given.
+
+    An atom whose near images do not close onto one point (they are not the site
+    symmetry of any special position) is kept as given.
+    """
+    from phasenet.physics.structure_factors import SPECIAL_POSITION_TOLERANCE
+    from phasenet.symmetry import symmetry
+
+    n = len(atoms)
+    ops = symmetry(symops)
+    m = len(ops.rotations)
+    if m == 1 or n == 0:
+        return atoms, []
+    uc = gemmi.UnitCell(*cell)
+    orth = np.array(uc.orth.mat.tolist())
+    rot = ops.rotations.astype(float)
+    moved, kept_partial = [], []
+    frac = atoms.frac.copy()
+    # (n, m, 3) in blocks of atoms: memory linear in the number of atoms
+    for lo in range(0, n, 4096):
+        x = frac[lo:lo + 4096]
+        d = np.einsum("mij,nj->nmi", rot, x) + ops.translations[None] - x[:, None, :]
+        d -= np.round(d)
+        dist = np.linalg.norm(d @ orth.T, axis=-1)  # (b, m)
+        near = dist < NEAR_SPECIAL_TOLERANCE
+        close = dist < SPECIAL_POSITION_TOLERANCE
+        count = near.sum(axis=1)
+        cand = np.flatnonzero((count > 1) & (count > close.sum(axis=1)))
+        for c in cand:
+            i = lo + c
+            if part[i] < 0 or atoms.occupancy[i] * count[c] <= OVERFULL:
+                kept_partial.append(atoms.label[i])
+                continue
+            xbar = x[c] + d[c][near[c]].mean(axis=0)
+            # the images of xbar under the near operators must coincide with it
+            e = np.einsum("mij,j->mi", rot[near[c]], xbar) + ops.translations[near[c]] - xbar
+            e -= np.round(e)
+            if np.linalg.norm(e @ orth.T, axis=-1).max() < 1e-3:
+                frac[i] = xbar
+                moved.append(atoms.label[i])
+    notes = []
+    if moved:
+        from dataclasses import replace
+
+        atoms = replace(atoms, frac=frac)
+        notes.append(f"{len(moved)} atoms within {NEAR_SPECIAL_TOLERANCE} Å of their own "
+                     "symmetry image moved onto the special position: " + ", ".join(moved[:10])
+                     + (" ..." if len(moved) > 10 else ""))
+    if kept_partial:
+        notes.append(f"{len(kept_partial)} partly occupied or PART -n atoms within "
+                     f"{NEAR_SPECIAL_TOLERANCE} Å of their own symmetry image kept as given "
+                     "(disorder): " + ", ".join(kept_partial[:10])
+                     + (" ..." if len(kept_partial) > 10 else ""))
+    return atoms, notes
 
 
 def structure_from_block(block, source: str, default_u: float = DEFAULT_U_ISO,
-                         read_observations: bool = True, hkl_text: str | bytes | None = None
-                         ) -> Structure:
+                         read_observations: bool = True, hkl_text: str | bytes | None = None,
+                         max_atoms: int = DEFAULT_MAX_ATOMS) -> Structure:
     """Turn one gemmi CIF block into a Structure (raises StructureError).
 
     ``hkl_text``: the block's embedded SHELX reflection file, when the caller cut it out
-    of the file before parsing (:func:`read_cif` does)."""
+    of the file before parsing (:func:`read_cif` does). ``max_atoms``: see
+    :func:`check_cell_atoms` (checked before the atoms are read)."""
     try:
         ss = gemmi.make_small_structure_from_block(block)
     except Exception as exc:
@@ -394,9 +533,12 @@ def structure_from_block(block, source: str, default_u: float = DEFAULT_U_ISO,
             raise StructureError(f"unreadable atom or cell data ({exc2})", "unreadable-cif") from None
     cell = _cell(ss, block)
     symops, hm, number = _symmetry(ss, block)
-    atoms, notes = _atoms(ss, default_u)
-    atoms, dropped = _drop_symmetry_copies(atoms, symops, cell)
-    notes += dropped
+    check_cell_atoms(len(ss.sites), len(symops), max_atoms, "atoms listed")
+    atoms, notes, part = _atoms(ss, default_u)
+    with np.errstate(over="ignore", invalid="ignore"):  # garbage coordinates: no warnings
+        atoms, dropped, part = _drop_symmetry_copies(atoms, symops, cell, part)
+        atoms, settled = _settle_near_special(atoms, part, symops, cell)
+    notes += dropped + settled
     obs = None
     if read_observations:
         try:
@@ -417,9 +559,11 @@ def structure_from_block(block, source: str, default_u: float = DEFAULT_U_ISO,
 
 
 def read_cif(path: str | Path, default_u: float = DEFAULT_U_ISO,
-             read_observations: bool = True) -> list[Structure | ReadFailure]:
+             read_observations: bool = True, max_atoms: int = DEFAULT_MAX_ATOMS
+             ) -> list[Structure | ReadFailure]:
     """Every data block with atoms in ``path``, as Structure or ReadFailure.
 
+    ``max_atoms`` bounds the unit cell of each block (:func:`check_cell_atoms`).
     A paired reflection file with the same stem (``.hkl``, else ``.fcf``) supplies
     measured data to a structure whose block carries none.
     """
@@ -430,13 +574,23 @@ def read_cif(path: str | Path, default_u: float = DEFAULT_U_ISO,
         return [ReadFailure(source, "", f"not a readable CIF file ({_short(exc)})", "unreadable-cif")]
     results: list[Structure | ReadFailure] = []
     for index, block in enumerate(doc):
-        if not _block_has_atoms(block):
+        try:
+            if not _block_has_atoms(block):
+                continue
+            block.name  # noqa: B018  (a name that is not UTF-8 raises here)
+        except UnicodeDecodeError as exc:
+            results.append(ReadFailure(source, "?", "a block name or tag that is not UTF-8 text "
+                                       f"({exc.reason})", "unreadable-cif"))
             continue
         try:
             results.append(structure_from_block(block, source, default_u, read_observations,
-                                                hkl_text=hkl_texts.get(index)))
+                                                hkl_text=hkl_texts.get(index),
+                                                max_atoms=max_atoms))
         except StructureError as exc:
             results.append(ReadFailure(source, block.name, str(exc), exc.kind))
+        except UnicodeDecodeError as exc:  # gemmi hands values over as str
+            results.append(ReadFailure(source, block.name, "a value that is not UTF-8 text "
+                                       f"({exc.reason}: {exc.object[:40]!r})", "unreadable-cif"))
         except Exception as exc:  # a reader bug must not stop a batch either
             results.append(ReadFailure(source, block.name, f"unexpected error: {_short(exc)}", "internal-error"))
     if not results:

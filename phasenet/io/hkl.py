@@ -10,7 +10,13 @@ Layouts understood:
   code comes from the embedded .res (``HKLF n``), else 4.
 - ``_refln_index_h/k/l`` loops with ``_refln_F_squared_meas``,
   ``_refln_intensity_meas`` or ``_refln_F_meas`` (and matching sigmas).
-- Tonto ``reflection_data= { keys= { h= k= l= f_exp= f_sigma= } data= {...}}``.
+- Tonto ``reflection_data= { keys= { h= k= l= f_exp= f_sigma= } data= {...}}`` (keys
+  in any case, ``F_exp=`` as well as ``f_exp=``; ``!`` comments).
+
+A paired reflection file is recognised by its content, not its name
+(:func:`read_reflection_file`): a SHELX ``.fcf`` (a CIF with a ``_refln_`` loop) saved as
+``.hkl``, a Tonto file, or SHELX hkl text under either name. Everywhere: CRLF line
+ends, blank lines, and (in hkl text) comment lines starting with ``#`` or ``!``.
 """
 
 from __future__ import annotations
@@ -63,7 +69,7 @@ def parse_shelx_hkl(text: str | bytes, hklf: int = 4, origin: str = "SHELX hkl")
                             kind=kind, origin=origin)
     rows = []
     for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
+        if not line.strip() or line.lstrip()[:1] in ("#", "!"):
             continue
         row = _fixed_row(line)
         if row is None:
@@ -338,11 +344,20 @@ def observations_from_block(block, source: str = "", hkl_text: str | bytes | Non
     return _refln_loop(block, "_refln loop")
 
 
+_TONTO_KEYS = re.compile(r"keys\s*=\s*\{([^}]*)\}", re.IGNORECASE)
+_TONTO_DATA = re.compile(r"data\s*=", re.IGNORECASE)
+_TONTO_MARK = re.compile(r"reflection_data\s*=", re.IGNORECASE)
+
+
 def parse_tonto(text: str, origin: str) -> Observations:
-    m = re.search(r"keys=\s*\{([^}]*)\}", text)
+    """A Tonto reflection file: ``keys= { h= k= l= f_exp= f_sigma= }`` (or ``i_exp=``,
+    ``i_sigma=``; any case, ``=`` attached or not), then ``data= { rows }``."""
+    text = "\n".join(line.split("!", 1)[0] for line in text.splitlines())  # comments
+    m = _TONTO_KEYS.search(text)
     if not m:
         raise ReflectionError(f"{origin}: tonto reflection file without keys")
-    keys = [k.strip().rstrip("=") for k in m.group(1).split()]
+    keys = [k.strip().rstrip("=").strip().lower() for k in m.group(1).replace("=", "= ").split()]
+    keys = [k for k in keys if k]
     try:
         ih, ik, il = keys.index("h"), keys.index("k"), keys.index("l")
     except ValueError:
@@ -356,9 +371,9 @@ def parse_tonto(text: str, origin: str) -> Observations:
     isig = keys.index("f_sigma") if kind == "F" and "f_sigma" in keys else (
         keys.index("i_sigma") if "i_sigma" in keys else None)
     body = text[m.end():]
-    start = body.find("data=")
+    d = _TONTO_DATA.search(body)
     rows = []
-    for line in body[start + 5 if start >= 0 else 0:].splitlines():
+    for line in body[d.end() if d else 0:].splitlines():
         parts = line.replace("{", " ").replace("}", " ").split()
         if len(parts) < len(keys):
             continue
@@ -371,24 +386,56 @@ def parse_tonto(text: str, origin: str) -> Observations:
     return _observations(rows, kind, origin)
 
 
-def read_hkl_file(path: Path, hklf: int = 4) -> Observations:
-    text = path.read_text(errors="replace")
-    origin = f"paired {path.name}"
-    if "reflection_data=" in text:
+_CIF_START = re.compile(rb"^\s*(?:#[^\n]*\n\s*)*(?:data_|global_)", re.IGNORECASE)
+_REFLN_TAG = re.compile(rb"^\s*_refln[_.]index_h\b", re.IGNORECASE | re.MULTILINE)
+
+
+def reflection_file_layout(raw: bytes) -> str:
+    """What a reflection file is, from its first bytes: ``"cif"`` (a SHELX .fcf or any
+    CIF with a ``_refln_`` loop), ``"tonto"`` or ``"shelx"`` (hkl text)."""
+    head = raw[:65536]
+    if _CIF_START.match(head) or _REFLN_TAG.search(head):
+        return "cif"
+    if _TONTO_MARK.search(head.decode("latin-1")):
+        return "tonto"
+    return "shelx"
+
+
+def read_reflection_file(path: Path, hklf: int = 4) -> Observations:
+    """Measured reflections from ``path``, whatever its name says: see
+    :func:`reflection_file_layout`."""
+    raw = Path(path).read_bytes()
+    origin = f"paired {Path(path).name}"
+    layout = reflection_file_layout(raw)
+    if layout == "cif":
+        try:
+            doc = gemmi.cif.read_string(raw)
+        except Exception as exc:
+            raise ReflectionError(f"{origin} is not readable CIF ({_first_line(exc)})") from None
+        for block in doc:
+            obs = _refln_loop(block, origin)
+            if obs is not None:
+                return obs
+        raise ReflectionError(f"{origin} has no measured _refln_ column")
+    text = raw.decode("utf-8", errors="replace")
+    if layout == "tonto":
         return parse_tonto(text, origin)
-    return parse_shelx_hkl(text, hklf, origin)
+    return parse_shelx_hkl(raw if raw.isascii() else text, hklf, origin)
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:200]
+
+
+def read_hkl_file(path: Path, hklf: int = 4) -> Observations:
+    """A paired ``.hkl`` (SHELX, Tonto, or a .fcf saved under that name)."""
+    return read_reflection_file(path, hklf)
 
 
 def read_fcf_file(path: Path) -> Observations:
-    try:
-        doc = gemmi.cif.read(str(path))
-    except Exception as exc:
-        raise ReflectionError(f"paired {path.name} is not readable CIF ({exc})") from None
-    for block in doc:
-        obs = _refln_loop(block, f"paired {path.name}")
-        if obs is not None:
-            return obs
-    raise ReflectionError(f"paired {path.name} has no measured _refln_ column")
+    """A paired ``.fcf`` (a CIF; hkl text under that name is read as such)."""
+    return read_reflection_file(path, 4)
 
 
 def paired_observations(cif_path: Path, hklf: int = 4) -> Observations | str | None:

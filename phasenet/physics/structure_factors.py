@@ -215,12 +215,15 @@ def _special_positions(x, keep, beta_asu, frac, d, near, special, rot, trans, or
 def _first_copies(x, keep, atoms, orth) -> None:
     """Keep the first copy of each coincident set of these atoms' images, unchanged."""
     m = x.shape[1]
-    xs = x[atoms]
-    dd = xs[:, :, None, :] - xs[:, None, :, :]
-    dd -= np.round(dd)
-    dist = np.linalg.norm(dd @ orth.T, axis=-1)  # (k, m, m)
-    first = np.argmax(dist < SPECIAL_POSITION_TOLERANCE, axis=2)
-    keep[atoms] = first == np.arange(m)[None, :]
+    step = max(1, 65_536 // (m * m))  # atoms per block: (block, m, m, 3) stays small
+    for lo in range(0, len(atoms), step):
+        sel = atoms[lo:lo + step]
+        xs = x[sel]
+        dd = xs[:, :, None, :] - xs[:, None, :, :]
+        dd -= np.round(dd)
+        dist = np.linalg.norm(dd @ orth.T, axis=-1)  # (block, m, m)
+        first = np.argmax(dist < SPECIAL_POSITION_TOLERANCE, axis=2)
+        keep[sel] = first == np.arange(m)[None, :]
 
 
 def _ion_label(element: str, charge: int) -> str:

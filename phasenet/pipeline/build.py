@@ -9,13 +9,15 @@ and all parts before it exist; after the last one ``OUT.h5.tmp`` is renamed to
 node failure) and started again with the same arguments, a build reuses the
 finished parts (and merges them again), so the result equals an uninterrupted
 build. Memory is bounded by one slice per worker, whatever the number of structures.
+The orchestration (workers, the per-file time limit, in-order merging) is
+:func:`phasenet.pipeline.parts.run_parts`, shared with ``phasenet synth``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import shutil
 import sys
@@ -28,6 +30,7 @@ from pathlib import Path
 from phasenet.io import hdf5 as dataset
 from phasenet.io.cif import ReadFailure, read_cif
 from phasenet.pipeline.options import BuildOptions
+from phasenet.pipeline.parts import run_parts
 # imported here, not in the workers: forked workers then start with them loaded
 from phasenet.pipeline.records import compute_record
 from phasenet.reflections import canonical_hkl
@@ -127,12 +130,23 @@ def _resolved(p: Path) -> str:
     return out
 
 
-def process_files(files: list[Path], options: BuildOptions):
-    """Read and compute every structure of ``files`` (no I/O besides reading)."""
+def process_files(files: list[Path], options: BuildOptions, report=None, skip=None):
+    """Read and compute every structure of ``files`` (no I/O besides reading).
+
+    ``report(k)`` is called as file k starts; ``skip`` maps positions in ``files`` to the
+    (kind, reason) of a failure recorded instead of reading the file (the part-writer's
+    timeouts, :mod:`phasenet.pipeline.parts`)."""
     hkl = canonical_hkl(options.max_index, options.r2_max)
     records, failures = [], []
-    for path in files:
-        for item in read_cif(path, options.default_u, options.read_observations):
+    for k, path in enumerate(files):
+        if skip and k in skip:
+            kind, reason = skip[k]
+            failures.append(ReadFailure(str(path), "", reason, kind))
+            continue
+        if report is not None:
+            report(k)
+        for item in read_cif(path, options.default_u, options.read_observations,
+                             max_atoms=options.max_atoms):
             if isinstance(item, ReadFailure):
                 failures.append(item)
                 continue
@@ -144,13 +158,14 @@ def process_files(files: list[Path], options: BuildOptions):
     return hkl, records, failures
 
 
-def _part_task(args):
-    index, files, options, parts_dir = args
+def _part_task(job, report, options: BuildOptions):
+    """Compute one slice of files and write its part (run by :func:`run_parts`)."""
     with _one_blas_thread():
-        hkl, records, failures = process_files([Path(f) for f in files], options)
-    dataset.write_part(parts_dir / f"part-{index:06d}.h5", hkl, records, failures,
-                       len(files), options.compression)
-    return index, len(files), len(records), len(failures)
+        hkl, records, failures = process_files([Path(f) for f in job.items], options,
+                                               report, job.skip)
+    report(-1)  # writing: no longer timed
+    dataset.write_part(job.path, hkl, records, failures, len(job.items), options.compression)
+    return len(failures)
 
 
 def _one_blas_thread():
@@ -201,57 +216,35 @@ def build_dataset(inputs, output, options: BuildOptions | None = None, *,
     # Slices depend only on the inputs and options (never on the worker count), so a
     # resumed build cuts the same parts. Small builds get >= 16 slices for balance.
     size = min(options.chunk_size, max(1, -(-len(files) // 16)))
-    slices = [files[i:i + size] for i in range(0, len(files), size)]
-    part_paths = [parts_dir / f"part-{i:06d}.h5" for i in range(len(slices))]
-    todo = [(i, [str(f) for f in s], options, parts_dir)
-            for i, s in enumerate(slices) if not part_paths[i].exists()]
-    resumed = len(slices) - len(todo)
-    workers = options.workers or os.cpu_count() or 1
-    workers = max(1, min(workers, len(todo) or 1))
+    slices = [[str(f) for f in files[i:i + size]] for i in range(0, len(files), size)]
 
     # One bar in files. Each part is merged into OUT.h5.tmp as soon as it and all parts
     # before it exist, while the workers compute the rest (the merge is not a serial
     # step after the computation); the parts stay until the end, for a resumed build.
     bar = progress_bar(len(files), "building", "file", progress)
-    bar.update(sum(len(s) for i, s in enumerate(slices) if part_paths[i].exists()))
-    done = [p.exists() for p in part_paths]
     n_failed = 0
-    pool = None
+
+    def on_part(n_files, n_failures):
+        nonlocal n_failed
+        n_failed += n_failures
+        bar.update(n_files)
+        if n_failures:
+            bar.set_postfix(failed=n_failed)
+
     merger = None
     try:
-        if workers > 1:  # fork before the parent opens the output file
-            ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-            pool = ctx.Pool(workers)
         merger = dataset.PartMerger(output, build_options=options.result_options(),
                                     test_fraction=options.test_fraction, seed=options.seed,
                                     compression=options.compression, extra_attrs=shard_meta)
-        merged = 0
-
-        def merge_ready():
-            nonlocal merged
-            while merged < len(part_paths) and done[merged]:
-                merger.append(part_paths[merged])
-                merged += 1
-
-        merge_ready()
-        results = (map(_part_task, todo) if pool is None
-                   else pool.imap_unordered(_part_task, todo))
-        for index, nf, _, nfail in results:
-            done[index] = True
-            n_failed += nfail
-            bar.update(nf)
-            bar.set_postfix(failed=n_failed)
-            merge_ready()
-        merge_ready()
+        resumed = run_parts(slices, functools.partial(_part_task, options=options), parts_dir,
+                            merger, workers=options.workers, item_timeout=options.file_timeout,
+                            on_part=on_part)
         result = merger.finish()
     except BaseException:
         if merger is not None:
             merger.abort()
         raise
     finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
         bar.close()
     shutil.rmtree(parts_dir, ignore_errors=True)
     failures = result["failures"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from phasenet.io.cif import DEFAULT_U_ISO
+from phasenet.io.cif import DEFAULT_MAX_ATOMS, DEFAULT_U_ISO
 from phasenet.options import Options, option
 from phasenet.physics.normalisation import METHODS, check_method
 from phasenet.reflections import DEFAULT_MAX_INDEX, canonical_hkl
@@ -19,6 +19,11 @@ from phasenet.reflections import DEFAULT_MAX_INDEX, canonical_hkl
 def parse_compression(value):
     """``"none"`` (command line, TOML) -> None."""
     return None if value == "none" else value
+
+
+def parse_timeout(value):
+    """``0`` (or None) -> None: no time limit."""
+    return None if value in (None, 0, 0.0) else float(value)
 
 
 def dataset_option(name: str, unit: str = "files") -> dataclasses.Field:
@@ -43,6 +48,16 @@ def dataset_option(name: str, unit: str = "files") -> dataclasses.Field:
     if name == "compression":
         return option("lzf", "--compression", choices=["lzf", "gzip", "none"], parse=parse_compression,
                       help="HDF5 compression (default lzf)")
+    if name == "file_timeout":  # how it runs, not what it gives (not recorded)
+        return option(300.0, "--file-timeout", type=float, metavar="SECONDS", parse=parse_timeout,
+                      help=f"seconds one of the {unit} may take; past it, it is a failure of kind "
+                      "timeout (its worker is killed and replaced) and the run goes on "
+                      "(0: no limit; default %(default)s)")
+    if name == "max_atoms":
+        return option(DEFAULT_MAX_ATOMS, "--max-atoms", type=int,
+                      help="most atoms in a unit cell (atoms listed x symmetry operators); more is "
+                      "a failure of kind too-many-atoms, checked before anything is computed "
+                      "(default %(default)s)")
     raise KeyError(name)
 
 
@@ -55,6 +70,10 @@ def check_dataset_options(o) -> None:
         raise ValueError("chunk_size must be >= 1")
     if o.compression not in (None, "lzf", "gzip"):
         raise ValueError(f"compression must be lzf, gzip or None, got {o.compression!r}")
+    if o.file_timeout is not None and not o.file_timeout > 0:
+        raise ValueError(f"file_timeout must be > 0 seconds (or None: no limit), got {o.file_timeout}")
+    if o.max_atoms < 1:
+        raise ValueError(f"max_atoms must be >= 1, got {o.max_atoms}")
     canonical_hkl(o.max_index, o.r2_max)  # validates both
 
 
@@ -76,6 +95,8 @@ class BuildOptions(Options):
     compression: str | None = dataset_option("compression")
     workers: int | None = dataset_option("workers")  # None: all cores
     chunk_size: int = dataset_option("chunk_size", unit="files")
+    file_timeout: float | None = dataset_option("file_timeout", unit="files")
+    max_atoms: int = dataset_option("max_atoms")
 
     def __post_init__(self):
         check_dataset_options(self)
@@ -86,6 +107,7 @@ class BuildOptions(Options):
         """The options that decide the result (recorded in the dataset)."""
         d = dataclasses.asdict(self)
         d.pop("workers")
+        d.pop("file_timeout")
         return d
 
 

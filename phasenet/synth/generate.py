@@ -9,8 +9,8 @@ clear of all its images (:mod:`phasenet.synth.packing`), then squeezed
 the precision the CIF stores (cell 4 decimals, angles 3, coordinates 5, U 5)
 *before* structure factors are computed, so ``--cif-dir`` files built with
 ``phasenet build`` give the same numbers. The dataset is written like a build:
-parts of ``chunk_size`` indices in ``OUT.h5.parts/`` (resumable, fingerprinted),
-merged with :func:`phasenet.io.hdf5.merge_parts`, through
+parts of ``chunk_size`` indices in ``OUT.h5.parts/`` (resumable, fingerprinted,
+:func:`phasenet.pipeline.parts.run_parts`, as build), through
 :func:`phasenet.pipeline.records.compute_record`, so the schema is exactly build's. The
 result does not depend on the number of workers; ``shard=(I, N)`` generates only
 the indices ``range(*shard_range(n, I, N))``.
@@ -23,9 +23,9 @@ Every structure's id is ``synth-s{seed}-{i:08d}.cif#synth-s{seed}-{i:08d}`` (the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import shutil
 import sys
@@ -37,8 +37,9 @@ import numpy as np
 
 
 from phasenet.io import hdf5 as dataset
-from phasenet.io.cif import ReadFailure
+from phasenet.io.cif import ReadFailure, StructureError, check_cell_atoms
 from phasenet.reflections import canonical_hkl
+from phasenet.pipeline.parts import run_parts
 from phasenet.pipeline.shards import shard_range
 from phasenet.structure import AtomicModel, Structure
 from phasenet.util.progress import progress_bar
@@ -245,16 +246,22 @@ class SynthError(RuntimeError):
     pass
 
 
-def _part_task(args):
-    part, start, stop, options, parts_dir, cif_dir = args
+def _part_task(job, report, options: SynthOptions, cif_dir):
+    """Generate one slice of indices and write its part (run by :func:`run_parts`)."""
     from phasenet.pipeline.records import compute_record
 
     hkl = canonical_hkl(options.max_index, options.r2_max)
     records, failures = [], []
-    for i in range(start, stop):
+    for k, i in enumerate(job.items):
         name = structure_name(options.seed, i)
+        if k in job.skip:
+            kind, reason = job.skip[k]
+            failures.append(ReadFailure(f"{name}.cif", name, reason, kind))
+            continue
+        report(k)
         try:
             s = generate_structure(i, options)
+            check_cell_atoms(len(s.atoms), len(s.symops), options.max_atoms, "atoms generated")
             if cif_dir is not None:
                 path = cif_path(cif_dir, options.seed, i)
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -262,12 +269,18 @@ def _part_task(args):
                 tmp.write_text(structure_to_cif(s, f"phasenet synth (seed {options.seed}, index {i})"))
                 os.replace(tmp, path)
             records.append(compute_record(s, hkl, options.normalisation))
+        except StructureError as exc:
+            failures.append(ReadFailure(f"{name}.cif", name, str(exc), exc.kind))
         except Exception as exc:  # one bad structure never stops the run
             failures.append(ReadFailure(f"{name}.cif", name, f"generation failed: {exc}",
                                         "generation-failed"))
-    dataset.write_part(parts_dir / f"part-{part:06d}.h5", hkl, records, failures, stop - start,
-                       options.compression)
-    return part, stop - start, len(failures)
+    report(-1)  # writing: no longer timed
+    dataset.write_part(job.path, hkl, records, failures, len(job.items), options.compression)
+    return len(failures)
+
+
+def _call_part_task(job, report, options, cif_dir):
+    return _part_task(job, report, options, cif_dir)  # looked up at call time
 
 
 def warm_up() -> None:
@@ -278,6 +291,9 @@ def warm_up() -> None:
 
     if all(f.signatures for f in KERNELS + (relax_cell,)):
         return
+    from phasenet.util.numba_cache import announce_compilation
+
+    announce_compilation(KERNELS + (relax_cell,), "the synthetic-structure kernels", "60 s")
     for i in range(4):
         try:
             generate_structure(i, SynthOptions(seed=0, space_groups=("C2/c",), atoms=(6, 12),
@@ -321,48 +337,44 @@ def synth_dataset(n: int, output, options: SynthOptions | None = None, *, shard=
     # parts are aligned to global indices (never to the worker count or shard), so a
     # resumed run cuts the same parts
     size = options.chunk_size
-    bounds = [(a, min(a + size, stop)) for a in range(start, stop, size)]
-    part_paths = [parts_dir / f"part-{p:06d}.h5" for p in range(len(bounds))]
-    todo = [(p, a, b, options, parts_dir, str(cif_path) if cif_path else None)
-            for p, (a, b) in enumerate(bounds) if not part_paths[p].exists()]
-    resumed = len(bounds) - len(todo)
-    workers = max(1, min(options.workers or os.cpu_count() or 1, len(todo) or 1))
+    slices = [range(a, min(a + size, stop)) for a in range(start, stop, size)]
     bar = progress_bar(stop - start, "synth", "structure", progress)
-    bar.update(sum(b - a for p, (a, b) in enumerate(bounds) if part_paths[p].exists()))
     n_failed = 0
-    if todo:
+
+    def on_part(n_items, n_failures):
+        nonlocal n_failed
+        n_failed += n_failures
+        bar.update(n_items)
+        bar.set_postfix(failed=n_failed)
+
+    if not all((parts_dir / f"part-{p:06d}.h5").exists() for p in range(len(slices))):
         warm_up()  # compile once here, not in every worker
+    synth_attr = json.dumps({
+        "seed": options.seed, "n_total": n, "shard_index": shard[0], "shard_count": shard[1],
+        "index_start": start, "index_stop": stop,
+        "id_format": "synth-s{seed}-{index:08d}.cif#synth-s{seed}-{index:08d}",
+        "options": options.result_options()}, sort_keys=True)
+    merger = None
     try:
-        if workers == 1:
-            results = map(_part_task, todo)
-            for _, k, nf in results:
-                n_failed += nf
-                bar.update(k)
-                bar.set_postfix(failed=n_failed)
-        else:
-            ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-            with ctx.Pool(workers) as pool:
-                for _, k, nf in pool.imap_unordered(_part_task, todo):
-                    n_failed += nf
-                    bar.update(k)
-                    bar.set_postfix(failed=n_failed)
+        merger = dataset.PartMerger(output, build_options=options.build_options(),
+                                    test_fraction=options.test_fraction, seed=options.seed,
+                                    compression=options.compression,
+                                    extra_attrs={"synth": synth_attr})
+        work = functools.partial(_call_part_task, options=options,
+                                 cif_dir=str(cif_path) if cif_path else None)
+        resumed = run_parts(slices, work, parts_dir, merger, workers=options.workers,
+                            item_timeout=options.file_timeout, on_part=on_part)
+        result = merger.finish()
+    except BaseException:
+        if merger is not None:
+            merger.abort()
+        raise
     finally:
         bar.close()
-
-    merging = output.with_name(output.name + ".merging")
-    result = dataset.merge_parts(part_paths, merging, build_options=options.build_options(),
-                                 test_fraction=options.test_fraction, seed=options.seed,
-                                 compression=options.compression)
     import h5py
 
-    with h5py.File(merging, "r+") as h5:
-        h5.attrs["synth"] = json.dumps({
-            "seed": options.seed, "n_total": n, "shard_index": shard[0], "shard_count": shard[1],
-            "index_start": start, "index_stop": stop,
-            "id_format": "synth-s{seed}-{index:08d}.cif#synth-s{seed}-{index:08d}",
-            "options": options.result_options()}, sort_keys=True)
+    with h5py.File(output, "r") as h5:
         sgs = Counter(dataset.decode_strings(h5["structures/space_group"][...]))
-    os.replace(merging, output)
     shutil.rmtree(parts_dir, ignore_errors=True)
     return SynthSummary(output=output, n_requested=stop - start, n_structures=result["n_structures"],
                         failures=result["failures"], seconds=time.perf_counter() - t0,

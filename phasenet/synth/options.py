@@ -81,6 +81,8 @@ class SynthOptions(Options):
     compression: str | None = dataset_option("compression")
     chunk_size: int = dataset_option("chunk_size", unit="structures")
     workers: int | None = dataset_option("workers")
+    file_timeout: float | None = dataset_option("file_timeout", unit="structures")
+    max_atoms: int = dataset_option("max_atoms")
 
     def __post_init__(self):
         object.__setattr__(self, "space_groups", tuple(space_group_spec(g).name for g in self.space_groups))
@@ -116,6 +118,7 @@ class SynthOptions(Options):
     def result_options(self) -> dict:
         d = dataclasses.asdict(self)
         d.pop("workers")
+        d.pop("file_timeout")
         return d
 
     def build_options(self) -> dict:
@@ -125,7 +128,7 @@ class SynthOptions(Options):
         return BuildOptions(max_index=self.max_index, r2_max=self.r2_max,
                             normalisation=self.normalisation, test_fraction=self.test_fraction,
                             seed=self.seed, compression=self.compression,
-                            chunk_size=self.chunk_size).result_options()
+                            chunk_size=self.chunk_size, max_atoms=self.max_atoms).result_options()
 
 
 #: Packing presets (``phasenet synth --packing``): ``SynthOptions(**PACKINGS[name], ...)``.

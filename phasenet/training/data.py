@@ -191,6 +191,9 @@ def _lzf():
             return None
         _lzf_decompress = numba.njit(cache=True, nogil=True, error_model="numpy")(_lzf_decompress_py)
         _gather_chunks = numba.njit(cache=True, nogil=True)(_gather_chunks_py)
+        from phasenet.util.numba_cache import announce_compilation
+
+        announce_compilation((_lzf_decompress, _gather_chunks), "the LZF reader", "5 s")
         _lzf_kernel = (_lzf_decompress, _gather_chunks)
     return _lzf_kernel[0] if _lzf_kernel else None
 

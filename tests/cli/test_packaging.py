@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT
 
 try:
     import tomllib

@@ -9,7 +9,7 @@ import json
 
 import h5py
 import pytest
-from conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT
 
 from phasenet import BuildOptions, SynthOptions
 from phasenet.cli import EXIT_ERROR, EXIT_OK, main

@@ -15,7 +15,8 @@ from phasenet.io.hdf5 import (
     ATOM_COLUMNS, ROW_ARRAYS, SCHEMA_VERSION, STRUCTURE_COLUMNS, DatasetError, DatasetReader,
     dataset_info, read_atoms, read_structures_table)
 from phasenet.reflection_data import ReflectionData
-from phasenet.synth.generate import DENSE, SynthOptions, synth_dataset
+from phasenet.synth.generate import synth_dataset
+from phasenet.synth.options import DENSE, SynthOptions
 
 #: P-1 with measured reflections (embedded), P2₁/n light atoms, Pca2₁ (no inversion centre)
 FILES = ["FinalCif_alert_example.cif", "NoSpherA2_epoxide.cif", "cod-tools_2219444.cif"]

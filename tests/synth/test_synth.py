@@ -282,11 +282,11 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
     calls = {"n": 0}
     real = synth._part_task
 
-    def crash_second(args):
+    def crash_second(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return real(args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(synth, "_part_task", crash_second)
     out = tmp_path / "resumed.h5"
