@@ -778,11 +778,22 @@ class HeavyAtomMethod(PhasingMethod):
     needs = frozenset({"atoms"})  # the composition only (elements, occupancies), never the positions
 
     def check(self, problem, options):
-        plan = heavy_atom_plan(problem.atoms, options.heavy_atom)
+        plan = heavy_atom_plan(problem.atoms, options.heavy_atom, symops=problem.symops, cell=problem.cell)
         if not plan.applicable:
             raise NotApplicable(plan.reason)
 
     def phases(self, problem, seed, options):
         phases, sol = heavy_atom_phases(problem.hkl, problem.amplitude, problem.cell, problem.symops,
                                         problem.atoms, options.heavy_atom)
-        return phases, f"{len(sol.frac)} {sol.element} placed (Σ Z² share {sol.plan.ratio:.2f})"
+        note = f"{len(sol.frac)} {sol.element} placed (Σ Z² share {sol.plan.ratio:.2f})"
+        if sol.recycling is not None:
+            r = sol.recycling
+            note += f"; recycling: {len(r.frac) - len(sol.frac)} atoms added, best cycle {r.best_cycle}"
+        return phases, note, {"element": sol.element, "frac": sol.frac}
+
+    def score_details(self, problem, details):
+        """``heavy_found``: the fraction of the true sites of the heavy element within 0.5 Å of a
+        placed one (best permissible origin)."""
+        el = np.array([gemmi.Element(e).name for e in np.asarray(problem.atoms.element, dtype=str)])
+        true = problem.atoms.frac[el == details["element"]]
+        return {"heavy_found": heavy_atoms_found(details["frac"], true, problem.cell, problem.symops)}
