@@ -248,6 +248,9 @@ def _add_evaluate(sub):
                    help="charge flipping: seconds per run (default %(default)s)")
     p.add_argument("--cf-attempts", type=int, default=d.charge_flipping.max_attempts,
                    help="charge flipping: attempts to reach a phase transition (default %(default)s)")
+    p.add_argument("--ha-recycling-cycles", type=int, default=d.heavy_atom.recycling.cycles,
+                   help="heavy-atom method: E-Fourier recycling cycles, 0 = heavy-atom phases as they come "
+                   "(default %(default)s)")
     p.add_argument("--no-atom-recovery", action="store_true", help="skip the map-peak atom metric (faster)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -267,7 +270,9 @@ def cmd_evaluate(args) -> int:
             limit=args.limit, split=args.split, workers=args.workers, timeout=args.timeout, seed=args.seed,
             amplitudes=args.amplitudes, reflections=args.reflections, atom_recovery=not args.no_atom_recovery,
             charge_flipping=replace(d.charge_flipping, time_limit=args.cf_time_limit,
-                                    max_attempts=args.cf_attempts))
+                                    max_attempts=args.cf_attempts),
+            heavy_atom=replace(d.heavy_atom, recycling=replace(d.heavy_atom.recycling,
+                                                               cycles=args.ha_recycling_cycles)))
         result = evaluate_dataset(args.dataset, args.output, options, progress=False if args.quiet else None)
     except (EvaluationError, ValueError, OSError) as exc:
         print(f"phasenet evaluate: error: {exc}", file=sys.stderr)
