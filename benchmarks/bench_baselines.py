@@ -10,6 +10,15 @@ with at most ``--max-atoms`` sites and cell edges up to ``--max-edge`` Å, the f
 with one; heavy-atom method: ``--n`` with one).
 
     .venv/bin/python benchmarks/bench_baselines.py --n 12 --json
+
+``--compare-recycling`` runs only the heavy-atom method, three ways on the same cases:
+``before`` (the method before issue 12: plain symmetry minimum function, asymmetric-unit
+rows, no recycling), ``special`` (special positions handled, no recycling) and ``after``
+(the default: special positions and E-Fourier recycling), on ``--n`` structures with a
+heavy atom plus ``--special`` files whose heavy atom sits on a special position, and
+prints a Markdown table (docs/baselines.md):
+
+    .venv/bin/python benchmarks/bench_baselines.py --compare-recycling --n 8 --d-min 1.0 --d-min 1.2 --d-min 1.5 --d-min 2.0
 """
 
 from __future__ import annotations
@@ -48,7 +57,7 @@ def pick_structures(n: int, max_atoms: int, max_edge: float, heavy: bool, any_gr
         if not items:
             continue
         s = items[0]
-        if heavy != heavy_atom_plan(s.atoms).applicable:
+        if heavy != heavy_atom_plan(s.atoms, symops=s.symops, cell=s.cell).applicable:
             continue
         out.append(s)
         if len(out) >= n:
@@ -69,20 +78,36 @@ def _cf_case(structure, d_min, seed, time_limit):
     return dict(n_refl=len(p), phase_error=s.phase_error, map_cc=s.map_cc, solved=s.solved, seconds=sec)
 
 
-def _ha_case(structure, d_min):
+#: heavy atom on a special position (C2/c Zn on a 2-fold axis; Co, Pt on inversion centres)
+SPECIAL = ("cod-tools_1100974.cif", "cod-tools_2204271.cif", "cod-tools_1100711.cif", "NoSpherA2_mohrs_salt_IAM.cif")
+
+
+def heavy_atom_variants():
+    """The three ways ``--compare-recycling`` runs the heavy-atom method."""
+    from phasenet.baselines.patterson import HeavyAtomOptions
+    from phasenet.baselines.recycling import RecyclingOptions
+
+    return {"before": HeavyAtomOptions(special_positions=False, recycling=RecyclingOptions(cycles=0)),
+            "special": HeavyAtomOptions(recycling=RecyclingOptions(cycles=0)),
+            "after": HeavyAtomOptions()}
+
+
+def _ha_case(structure, d_min, options=None):
     from phasenet.evaluation.metrics import score_phases
-    from phasenet.baselines.patterson import heavy_atom_phases, match_heavy_atoms
+    from phasenet.baselines.patterson import heavy_atom_phases, heavy_atoms_found
     from phasenet.evaluation.problem import problem_from_structure
 
     p = problem_from_structure(structure, d_min).truncate(None)
     t0 = time.perf_counter()
-    phases, sol = heavy_atom_phases(p.hkl, p.amplitude, p.cell, p.symops, structure.atoms)
+    phases, sol = heavy_atom_phases(p.hkl, p.amplitude, p.cell, p.symops, structure.atoms, options)
     sec = time.perf_counter() - t0
-    true = structure.atoms.frac[structure.atoms.element == sol.element]
-    d = match_heavy_atoms(sol.frac, true, p.cell, p.symops)
+    import gemmi
+
+    el = np.array([gemmi.Element(e).name for e in structure.atoms.element])
+    found = heavy_atoms_found(sol.frac, structure.atoms.frac[el == sol.element], p.cell, p.symops)
     s, _ = score_phases(p.hkl, p.amplitude, p.phase_true, phases, p.symops)
     return dict(n_refl=len(p), phase_error=s.phase_error, map_cc=s.map_cc, solved=s.solved, seconds=sec,
-                found=float((np.sort(d)[: len(sol.frac)] < 0.5).mean()), element=sol.element)
+                found=found, element=sol.element)
 
 
 def run_cases(kind, structures, d_mins, args):
@@ -98,6 +123,9 @@ def run_cases(kind, structures, d_mins, args):
                 try:
                     if kind == "charge-flipping":
                         r = run_with_timeout(_cf_case, s, d, args.seed, args.time_limit, timeout=args.timeout)
+                    elif kind.startswith("heavy-atom:"):
+                        r = run_with_timeout(_ha_case, s, d, heavy_atom_variants()[kind.split(":")[1]],
+                                             timeout=args.timeout)
                     else:
                         r = run_with_timeout(_ha_case, s, d, timeout=args.timeout)
                     base.update(r, status="ok")
@@ -124,6 +152,40 @@ def aggregate(rows, d_mins):
                         seconds_median=float(np.median([r["seconds"] for r in ok])) if ok else None,
                         found=float(np.mean([r["found"] for r in ok])) if ok and "found" in ok[0] else None))
     return out
+
+
+def compare_recycling(args, d_mins) -> dict:
+    """The heavy-atom method before / with special positions / with recycling, same cases."""
+    from phasenet.io.cif import read_cif
+    from phasenet.structure import Structure
+
+    structures = pick_structures(args.n, args.max_atoms, args.max_edge, heavy=True, any_group=args.any_group)
+    names = {Path(s.source).name for s in structures}
+    for f in args.special or SPECIAL:
+        if f not in names:
+            structures += [x for x in read_cif(REAL / "cif" / f) if isinstance(x, Structure)][:1]
+    out = {"structures": [Path(s.source).name for s in structures]}
+    for variant in heavy_atom_variants():
+        rows = run_cases(f"heavy-atom:{variant}", structures, d_mins, args)
+        out[variant] = {"rows": rows, "summary": aggregate(rows, d_mins)}
+    return out
+
+
+def comparison_table(result: dict, d_mins) -> str:
+    """Markdown: per d_min, solved (map CC ≥ 0.7) and heavy atoms found (every site of the
+    heavy element within 0.5 Å) of each variant, and the median map CC (failed cases: 0)."""
+    n = len(result["structures"])
+    head = ["d_min (Å)"] + [f"solved {v}" for v in ("before", "special", "after")] + \
+        [f"heavy found {v}" for v in ("before", "after")] + [f"median map CC {v}" for v in ("before", "after")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for d in d_mins:
+        rows = {v: [r for r in result[v]["rows"] if r["d_min"] == d] for v in ("before", "special", "after")}
+        solved = [sum(bool(r.get("solved")) for r in rows[v]) for v in ("before", "special", "after")]
+        found = [sum(r.get("found", 0.0) >= 0.999 for r in rows[v]) for v in ("before", "after")]
+        cc = [float(np.median([r.get("map_cc", 0.0) for r in rows[v]])) for v in ("before", "after")]
+        lines.append(f"| {d:g} | " + " | ".join(f"{x}/{n}" for x in solved + found)
+                     + " | " + " | ".join(f"{x:.2f}" for x in cc) + " |")
+    return "\n".join(lines)
 
 
 def scoring_throughput(n_repeat: int = 20):
@@ -162,12 +224,31 @@ def main(argv=None):
     ap.add_argument("--skip", choices=["charge-flipping", "heavy-atom"], action="append", default=[])
     ap.add_argument("--json", action="store_true", help="print one JSON document")
     ap.add_argument("--log", help="append each case as a JSON line to this file as it finishes")
+    ap.add_argument("--compare-recycling", action="store_true",
+                    help="only the heavy-atom method: before issue 12 / special positions / + recycling")
+    ap.add_argument("--special", action="append",
+                    help="with --compare-recycling: CIF names (in cif/) added to the --n structures "
+                         "(default: the special-position cases %s)" % ", ".join(SPECIAL))
     args = ap.parse_args(argv)
     d_mins = args.d_min or [0.8, 1.0, 1.2, 1.5, 2.0]
     if not (REAL / "manifest.csv").is_file():
         print(f"bench_baselines: error: {REAL / 'manifest.csv'} not found", file=sys.stderr)
         return 2
     result = {"load_average": os.getloadavg(), "cpus": os.cpu_count(), "d_min": d_mins}
+    if args.compare_recycling:
+        t0 = time.perf_counter()
+        result["compare_recycling"] = compare_recycling(args, d_mins)
+        result["seconds"] = time.perf_counter() - t0
+        result["load_average_end"] = os.getloadavg()
+        if args.json:
+            print(json.dumps(result, indent=1, default=float))
+        else:
+            print(comparison_table(result["compare_recycling"], d_mins))
+            print(f"\n{len(result['compare_recycling']['structures'])} structures: "
+                  + ", ".join(result["compare_recycling"]["structures"]))
+            print(f"{result['seconds']:.0f} s; load average start/end:", result["load_average"],
+                  result["load_average_end"])
+        return 0
     if "charge-flipping" not in args.skip:
         light = pick_structures(args.n, args.max_atoms, args.max_edge, heavy=False, any_group=args.any_group)
         heavy_cf = pick_structures(args.n // 2, args.max_atoms, args.max_edge, heavy=True, any_group=args.any_group)

@@ -30,8 +30,10 @@ import numpy as np
 
 import gemmi
 
-from phasenet.evaluation.maps import density_map, find_peaks, min_distances
-from phasenet.reflections import d_spacings, friedel_representative, hkl_keys, resolution_mask
+from phasenet.evaluation.maps import PEAK_MATCH_DISTANCE, density_map, find_peaks, min_distances
+from phasenet.baselines.recycling import RecyclingOptions, RecyclingResult, recycle
+from phasenet.physics.wilson import default_shell_count, normalise_amplitudes, shells_of_equal_count
+from phasenet.reflections import d_spacings, friedel_representative, hkl_keys, reciprocal_s2, resolution_mask
 from phasenet.structure import AtomicModel, Structure
 from phasenet.physics.structure_factors import structure_factors
 from phasenet.symmetry import symmetry
@@ -142,24 +144,18 @@ def expand_to_p1(hkl: np.ndarray, values: np.ndarray, symops) -> tuple[np.ndarra
 
 
 def shell_index(s2: np.ndarray, n_shells: int) -> np.ndarray:
-    """Resolution shells of about equal counts (about 20 reflections each at least)."""
-    n_shells = max(1, min(n_shells, len(s2) // 20))
-    # edges at quantiles, so that equal s² (symmetry equivalents) always share a shell
-    edges = np.quantile(s2, np.arange(1, n_shells) / n_shells) if n_shells > 1 else np.zeros(0)
-    return np.searchsorted(edges, s2 * (1 - 1e-12), side="left").astype(np.int64)
+    """Resolution shells of about equal counts (:func:`phasenet.physics.wilson.shells_of_equal_count`,
+    at most as many as :func:`~phasenet.physics.wilson.default_shell_count` allows)."""
+    return shells_of_equal_count(s2, min(int(n_shells), default_shell_count(len(s2))))
 
 
 def normalised_intensities(hkl, intensity, cell, symops, n_shells: int = 20) -> np.ndarray:
-    """|E|² = I / (ε ⟨I/ε⟩_shell) (shells of equal counts in sin²θ/λ²)."""
+    """|E|² = I / (ε ⟨I/ε⟩_shell): :func:`phasenet.physics.wilson.normalise_amplitudes` on
+    equal-count shells (the one answer-free normalisation; 0 for absences and 000)."""
     hkl = np.asarray(hkl)
-    i = np.asarray(intensity, dtype=float)
-    eps = symmetry(symops).epsilon(hkl)
-    s2 = 1.0 / d_spacings(hkl, cell) ** 2
-    shell = shell_index(s2, n_shells)
-    mean = np.bincount(shell, weights=i / eps) / np.maximum(np.bincount(shell), 1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        e2 = i / (eps * mean[shell])
-    return np.where(np.isfinite(e2), e2, 0.0)
+    n = min(int(n_shells), default_shell_count(len(hkl)))
+    return normalise_amplitudes(hkl, np.asarray(intensity, dtype=float), cell, symops,
+                                n_shells=n, intensities=True).e2
 
 
 def patterson_coefficients(hkl, intensity, cell, symops, options: PattersonOptions):
@@ -183,8 +179,7 @@ def patterson_coefficients(hkl, intensity, cell, symops, options: PattersonOptio
     else:
         c = i
     if options.remove_origin:
-        s2 = 1.0 / d_spacings(hkl, cell) ** 2
-        shell = shell_index(s2, options.n_shells)
+        shell = shell_index(reciprocal_s2(hkl, cell), options.n_shells)
         c = c - (np.bincount(shell, weights=c) / np.maximum(np.bincount(shell), 1))[shell]
     return hkl, c
 
@@ -350,11 +345,20 @@ def plot_section(pmap: PattersonMap, path, axis, value, title=None, peaks=None):
 
 @dataclass(frozen=True)
 class HeavyAtomOptions:
-    min_z: int = 15  # the heaviest element must be at least phosphorus
-    min_ratio: float = 0.1  # n Z² of that element / Σ n Z² of all non-H atoms
-    max_atoms: int = 4  # heavy atoms placed per asymmetric unit at most
-    n_candidates: int = 20  # Harker-search peaks tried for each further atom
-    min_separation: float = 2.0  # Å between placed heavy atoms (and their images)
+    min_z: int = field(default=15, metadata={"help": "the heaviest element must be at least this Z (15: P)"})
+    min_ratio: float = field(default=0.1, metadata={
+        "help": "n Z² of the heaviest element / Σ n Z² of all non-H atoms of the cell, at least"})
+    max_atoms: int = field(default=4, metadata={"help": "heavy atoms placed per asymmetric unit at most"})
+    n_candidates: int = field(default=20, metadata={"help": "Harker-search peaks tried for each atom"})
+    min_separation: float = field(default=2.0, metadata={"help": "Å between placed heavy atoms (and their images)"})
+    special_positions: bool = field(default=True, metadata={
+        "help": "Harker vectors in the origin peak left out of the minimum function, sites counted with "
+                "their multiplicity and kept on their special positions (False: the method before issue 12)"})
+    origin_radius: float = field(default=1.0, metadata={
+        "help": "Harker vectors shorter than max(this, d_min/2) Å fall in the origin peak; a site that "
+                "close to an image of itself is on a special position"})
+    recycling: RecyclingOptions = field(default_factory=RecyclingOptions, metadata={
+        "help": "E-Fourier recycling after the heavy atoms (cycles=0: heavy-atom phases as they come)"})
     patterson: PattersonOptions = field(default_factory=lambda: PattersonOptions(sharpen=False))
 
 
@@ -362,17 +366,50 @@ class HeavyAtomOptions:
 class HeavyAtomPlan:
     element: str
     z: int
-    n_asu: float  # atoms of that element per asymmetric unit (occupancy-weighted)
-    ratio: float
+    n_asu: float  # atoms of that element per asymmetric unit (n_cell / operators; rows without symmetry)
+    ratio: float  # its share of Σ n Z² over the non-H atoms of the unit cell
     applicable: bool
     reason: str
+    n_cell: float = float("nan")  # atoms of that element in the unit cell (NaN: symmetry not given)
+    composition: dict = field(default_factory=dict)  # atoms of each element in the unit cell
 
 
-def heavy_atom_plan(atoms: AtomicModel, options: HeavyAtomOptions | None = None) -> HeavyAtomPlan:
-    """Decide from the composition alone whether the heavy-atom method applies."""
+def cell_counts(atoms: AtomicModel, symops=None, cell=None) -> np.ndarray:
+    """Atoms in the unit cell that each row of ``atoms`` stands for (occupancy × site multiplicity).
+
+    With positions (and ``cell``): from the expansion to the unit cell, so a site on an
+    inversion centre of P2₁/c counts 2, not 4. Without positions (the composition a
+    phasing method sees, :func:`phasenet.baselines.registry.problem_for`): the occupancy
+    there is already per general position, × the number of operators. Without ``symops``:
+    the occupancies of the rows (the asymmetric unit as listed).
+    """
+    occ = np.asarray(atoms.occupancy, dtype=float)
+    if symops is None:
+        return occ
+    n_ops = len(symmetry(symops).rotations)
+    frac = np.asarray(atoms.frac, dtype=float)
+    if cell is None or not np.isfinite(frac).all() or not len(frac):
+        return occ * n_ops
+    from phasenet.physics.structure_factors import expand_to_unit_cell
+
+    s = Structure(source="", block="", cell=tuple(cell), symops=symmetry(symops).triplets, space_group="",
+                  sg_number=0, atoms=atoms)
+    mult = np.bincount(expand_to_unit_cell(s).asu_index, minlength=len(occ))
+    return occ * mult
+
+
+def heavy_atom_plan(atoms: AtomicModel, options: HeavyAtomOptions | None = None, symops=None,
+                    cell=None) -> HeavyAtomPlan:
+    """Decide from the composition alone whether the heavy-atom method applies.
+
+    With ``symops`` the scattering shares are over the unit cell (site multiplicities,
+    :func:`cell_counts`); without, over the rows of the asymmetric unit as listed.
+    """
     options = options or HeavyAtomOptions()
     el = np.asarray(atoms.element, dtype=str)
-    occ = np.asarray(atoms.occupancy, dtype=float)
+    if not options.special_positions:
+        symops = None
+    count = cell_counts(atoms, symops, cell)
     non_h = ~np.isin(el, ["H", "D"])
     if not non_h.any():
         return HeavyAtomPlan("", 0, 0.0, 0.0, False, "no non-hydrogen atoms")
@@ -380,15 +417,20 @@ def heavy_atom_plan(atoms: AtomicModel, options: HeavyAtomOptions | None = None)
     zmax = int(z[non_h].max())
     heavy = non_h & (z == zmax)
     name = gemmi.Element(zmax).name
-    ratio = float((occ[heavy] * zmax**2).sum() / (occ[non_h] * z[non_h] ** 2).sum())
-    n = float(occ[heavy].sum())
+    ratio = float((count[heavy] * zmax**2).sum() / (count[non_h] * z[non_h] ** 2).sum())
+    n_cell = float(count[heavy].sum()) if symops is not None else float("nan")
+    n = n_cell / len(symmetry(symops).rotations) if symops is not None else float(count[heavy].sum())
+    comp: dict[str, float] = {}
+    for e, c in zip(el, count):
+        comp[gemmi.Element(e).name] = comp.get(gemmi.Element(e).name, 0.0) + float(c)
+    common = dict(n_cell=n_cell, composition=comp)
     if zmax < options.min_z:
         return HeavyAtomPlan(name, zmax, n, ratio, False,
-                             f"no heavy atom: heaviest element {name} (Z={zmax}) < Z {options.min_z}")
+                             f"no heavy atom: heaviest element {name} (Z={zmax}) < Z {options.min_z}", **common)
     if ratio < options.min_ratio:
         return HeavyAtomPlan(name, zmax, n, ratio, False,
-                             f"{name} carries {ratio:.2f} of Σ Z² (< {options.min_ratio})")
-    return HeavyAtomPlan(name, zmax, n, ratio, True, "")
+                             f"{name} carries {ratio:.2f} of Σ Z² (< {options.min_ratio})", **common)
+    return HeavyAtomPlan(name, zmax, n, ratio, True, "", **common)
 
 
 def _harker_ops(symops):
@@ -397,8 +439,29 @@ def _harker_ops(symops):
     return ops.rotations[keep].astype(float), ops.translations[keep]
 
 
-def harker_search_map(pmap: PattersonMap, grid: tuple[int, int, int] | None = None) -> np.ndarray:
-    """Symmetry minimum function S(x) = min over operators of P(x − R x − s) on a grid of x."""
+def _orth(cell) -> np.ndarray:
+    return np.array(gemmi.UnitCell(*[float(x) for x in cell[:6]]).orth.mat.tolist())
+
+
+def origin_radius(pmap: PattersonMap, options: HeavyAtomOptions | None = None) -> float:
+    """Å: Harker vectors shorter than this fall in the origin peak (max(origin_radius, d_min/2))."""
+    options = options or HeavyAtomOptions()
+    return max(options.origin_radius, 0.5 * pmap.d_min)
+
+
+def harker_search_map(pmap: PattersonMap, grid: tuple[int, int, int] | None = None,
+                      exclude_origin: float | None = None) -> np.ndarray:
+    """Symmetry minimum function S(x) = min over operators of P(x − R x − s) on a grid of x.
+
+    ``exclude_origin`` (Å): Harker vectors shorter than this are left out of the minimum.
+    A site on a 2-fold axis or an inversion centre has such a vector (or one equal to a
+    centring vector, where the Patterson repeats its origin peak) for the operators that
+    fix it; in the origin-removed map P is ~0 there, which would cap S at 0 and
+    hide the site. Where every vector is left out (a site fixed by the whole group, e.g.
+    an inversion centre of P-1) the Patterson says nothing: S is the map's highest value
+    elsewhere, and the composition and the intensities decide (:func:`locate_heavy_atoms`).
+    ``None``: the plain minimum over all vectors (the method before issue 12).
+    """
     rots, trans = _harker_ops(pmap.symops)
     if not len(rots):
         raise NotApplicable("P1: no Harker vectors (a single atom can sit anywhere)")
@@ -408,10 +471,44 @@ def harker_search_map(pmap: PattersonMap, grid: tuple[int, int, int] | None = No
     g = [np.arange(n) / n for n in grid]
     x = np.stack(np.meshgrid(*g, indexing="ij"), axis=-1).reshape(-1, 3)
     s = np.full(len(x), np.inf)
+    orth = _orth(pmap.cell)
+    centring = symmetry(pmap.symops).centring  # the Patterson repeats its origin peak at these
     for r, t in zip(rots, trans):
         v = x - x @ r.T - t
-        s = np.minimum(s, pmap.value_at(v))
+        p = pmap.value_at(v)
+        if exclude_origin is not None:
+            for c in centring:
+                w = v - c
+                w -= np.round(w)
+                p = np.where(np.linalg.norm(w @ orth.T, axis=1) < exclude_origin, np.inf, p)
+        s = np.minimum(s, p)
+    finite = np.isfinite(s)
+    if not finite.all():
+        s[~finite] = s[finite].max() if finite.any() else float(pmap.values.max())
     return s.reshape(grid)
+
+
+@dataclass(frozen=True)
+class SiteSymmetry:
+    frac: np.ndarray  # (3,) on the special position (the mean of the images that coincide)
+    multiplicity: int  # atoms in the unit cell
+    projector: tuple  # (A (3, 3), b (3,)): y -> A y + b keeps a position on this site's special position
+
+
+def site_symmetry(x: np.ndarray, symops, cell, tol: float) -> SiteSymmetry:
+    """The images of ``x`` within ``tol`` Å of it make its site symmetry: the position is
+    moved onto the special position (their mean) and its multiplicity is the number of
+    operators over the number that fix it."""
+    ops = symmetry(symops)
+    x = np.asarray(x, dtype=float) % 1.0
+    rots = ops.rotations.astype(float)
+    im = np.einsum("mij,j->mi", rots, x) + ops.translations
+    shift = np.round(x[None] - im)  # lattice vector bringing each image next to x
+    d = np.linalg.norm((im + shift - x[None]) @ _orth(cell).T, axis=1)
+    fix = d < tol
+    a = rots[fix].mean(axis=0)
+    b = (ops.translations[fix] + shift[fix]).mean(axis=0)
+    return SiteSymmetry(frac=(a @ x + b) % 1.0, multiplicity=int(round(len(rots) / fix.sum())), projector=(a, b))
 
 
 @dataclass(frozen=True)
@@ -420,6 +517,8 @@ class HeavyAtomSolution:
     frac: np.ndarray  # (k, 3) placed atoms (asymmetric unit)
     scores: np.ndarray  # (k,) Patterson support of each
     plan: HeavyAtomPlan
+    multiplicity: np.ndarray | None = None  # (k,) atoms in the unit cell of each site
+    recycling: RecyclingResult | None = None  # the expansion, where it ran
 
 
 def _sym_images(x: np.ndarray, symops) -> np.ndarray:
@@ -463,8 +562,8 @@ def _distinct_modulo_origin(cand, score, symops, cell, n_max, tol=0.5):
 
 
 def locate_heavy_atoms(pmap: PattersonMap, element: str, n_atoms: int, hkl=None, e2=None,
-                       options: HeavyAtomOptions | None = None) -> HeavyAtomSolution:
-    """Place ``n_atoms`` atoms from the Patterson map.
+                       options: HeavyAtomOptions | None = None, n_cell: float | None = None) -> HeavyAtomSolution:
+    """Place up to ``n_atoms`` atoms from the Patterson map.
 
     Candidates for the first atom are the peaks of the Harker search (symmetry
     minimum function); for each further atom, candidates are Harker-search peaks at
@@ -473,6 +572,14 @@ def locate_heavy_atoms(pmap: PattersonMap, element: str, n_atoms: int, hkl=None,
     Patterson support, the one whose point-atom |G(h)|² correlates best with the
     observed |E(h)|² (``hkl``, ``e2``) is taken; without ``e2`` the Patterson support
     alone decides.
+
+    With ``options.special_positions`` (the default) Harker vectors in the origin peak
+    are left out of the minimum function (:func:`harker_search_map`), a candidate within
+    :func:`origin_radius` of an image of itself is moved onto its special position (and
+    refined only along it), and with ``n_cell`` (atoms of the element in the unit cell,
+    from the composition) a site is taken only if its multiplicity fits in what is left:
+    one Pt in a P-1 cell can only sit on an inversion centre. Placing stops when the
+    sites hold ``n_cell`` atoms.
     """
     options = options or HeavyAtomOptions()
     symops = pmap.symops
@@ -482,26 +589,40 @@ def locate_heavy_atoms(pmap: PattersonMap, element: str, n_atoms: int, hkl=None,
     if use_cc:
         hkl = np.asarray(hkl, dtype=float)
         e2 = np.asarray(e2, dtype=float)
+    special = options.special_positions
+    radius = origin_radius(pmap, options)
+    n_left = [float(n_cell) if (special and n_cell is not None and np.isfinite(n_cell)) else np.inf]
+
+    def site(x):
+        return site_symmetry(x, symops, pmap.cell, radius) if special else None
+
+    def fits(x) -> bool:
+        return not special or site(x).multiplicity <= n_left[0] + 0.25
+
+    def snap(x):
+        return site(x).frac if special else x % 1.0
 
     def refine(xs):
-        """Move the last atom of a set to the nearby maximum of the |G|²–|E|² correlation."""
+        """Move the last atom of a set to the nearby maximum of the |G|²–|E|² correlation
+        (along its special position, if it is on one)."""
         from scipy.optimize import minimize
 
         fixed = xs[:-1]
         step = 0.15 / np.array(pmap.cell[:3])
+        a, b = site(xs[-1]).projector if special else (np.eye(3), np.zeros(3))
 
         def neg(x):
-            return -_cc(np.abs(_point_f(hkl, np.vstack([fixed, x[None]]), symops)) ** 2, e2)
+            return -_cc(np.abs(_point_f(hkl, np.vstack([fixed, (a @ x + b)[None]]), symops)) ** 2, e2)
 
         x0 = xs[-1]
         res = minimize(neg, x0, method="Nelder-Mead",
                        options=dict(initial_simplex=np.vstack([x0, x0 + np.diag(step)]),
                                     xatol=1e-4, fatol=1e-5, maxiter=150))
-        return np.vstack([fixed, res.x[None] % 1.0]), -float(res.fun)
+        return np.vstack([fixed, ((a @ res.x + b) % 1.0)[None]]), -float(res.fun)
 
     def pick(sets, support):
         """Best of candidate atom sets (list of (k,3) arrays): (index, refined set)."""
-        order = np.argsort(-np.asarray(support))[: options.n_candidates]
+        order = np.argsort(-np.asarray(support), kind="stable")[: options.n_candidates]
         if not use_cc:
             return int(order[0]), sets[int(order[0])]
         best = None
@@ -510,6 +631,9 @@ def locate_heavy_atoms(pmap: PattersonMap, element: str, n_atoms: int, hkl=None,
             if best is None or cc > best[0]:
                 best = (cc, int(i), xs)
         return best[1], best[2]
+
+    def placed_count(x):
+        return site(x).multiplicity if special else len(rots)
 
     p1 = len(_harker_ops(symops)[0]) == 0
     if p1:
@@ -520,8 +644,13 @@ def locate_heavy_atoms(pmap: PattersonMap, element: str, n_atoms: int, hkl=None,
         variants = np.zeros((1, 3))
         signs = (1.0, -1.0)
     else:
-        smf = harker_search_map(pmap)
+        smf = harker_search_map(pmap, exclude_origin=radius if special else None)
         cand, cand_score = find_peaks(smf, n_peaks=20 * options.n_candidates)
+        if special:
+            cand = np.array([snap(c) for c in cand]).reshape(-1, 3)
+            ok = np.array([fits(c) for c in cand], dtype=bool)
+            if ok.any():  # the composition's cell count rules out sites of higher multiplicity
+                cand, cand_score = cand[ok], cand_score[ok]
         cand, cand_score = _distinct_modulo_origin(cand, cand_score, symops, pmap.cell, options.n_candidates)
         k, xs = pick([c[None] for c in cand], cand_score)
         placed, scores = [xs[-1]], [float(cand_score[k])]
@@ -529,9 +658,12 @@ def locate_heavy_atoms(pmap: PattersonMap, element: str, n_atoms: int, hkl=None,
         signs = (1.0,) if ops.is_centrosymmetric else (1.0, -1.0)
         if len(variants) > 512:
             variants = variants[:: len(variants) // 512 + 1]
-    while len(placed) < n_atoms and len(cand):
+    n_left[0] -= placed_count(placed[0])
+    while len(placed) < n_atoms and len(cand) and n_left[0] > 0.5:
         options_x, options_s = [], []
         for c, cs in zip(cand, cand_score):
+            if not fits(c):
+                continue
             for sgn in signs:
                 xs = (sgn * c[None, :] + variants) % 1.0  # (V, 3)
                 ok = np.ones(len(xs), dtype=bool)
@@ -552,18 +684,23 @@ def locate_heavy_atoms(pmap: PattersonMap, element: str, n_atoms: int, hkl=None,
         k, xs = pick([np.array(placed + [options_x[i]]) for i in good], options_s[good])
         placed.append(xs[-1])
         scores.append(float(options_s[good[k]]))
-    return HeavyAtomSolution(element, np.array(placed) % 1.0, np.array(scores), plan=None)  # type: ignore[arg-type]
+        n_left[0] -= placed_count(xs[-1])
+    frac = np.array(placed) % 1.0
+    mult = np.array([placed_count(x) for x in frac])
+    return HeavyAtomSolution(element, frac, np.array(scores), plan=None, multiplicity=mult)  # type: ignore[arg-type]
 
 
 def heavy_atom_phases(hkl, amplitude, cell, symops, atoms: AtomicModel,
                       options: HeavyAtomOptions | None = None) -> tuple[np.ndarray, HeavyAtomSolution]:
-    """Phases (R,) from heavy atoms located in the Patterson map of |F|² on ``hkl``.
+    """Phases (R,) from heavy atoms located in the Patterson map of |F|² on ``hkl``, then
+    expanded by E-Fourier recycling (``options.recycling``, :mod:`phasenet.baselines.recycling`).
 
-    ``atoms`` supplies only the composition (elements and occupancies), never positions.
+    ``atoms`` supplies only the composition (elements and occupancies, and the site
+    multiplicities where positions are given: :func:`cell_counts`), never positions.
     Raises :class:`NotApplicable` where the structure has no suitable heavy atom.
     """
     options = options or HeavyAtomOptions()
-    plan = heavy_atom_plan(atoms, options)
+    plan = heavy_atom_plan(atoms, options, symops=symops, cell=cell)
     if not plan.applicable:
         raise NotApplicable(plan.reason)
     amplitude = np.asarray(amplitude, dtype=float)
@@ -571,7 +708,8 @@ def heavy_atom_phases(hkl, amplitude, cell, symops, atoms: AtomicModel,
     n = max(1, min(options.max_atoms, int(np.ceil(plan.n_asu - 1e-6))))
     hkl_p, e2 = patterson_coefficients(hkl, amplitude**2, cell, symops,
                                        replace(options.patterson, sharpen=True, remove_origin=False))
-    sol = locate_heavy_atoms(pmap, plan.element, n, hkl=hkl_p, e2=e2, options=options)
+    n_cell = max(1.0, round(plan.n_cell)) if np.isfinite(plan.n_cell) else None
+    sol = locate_heavy_atoms(pmap, plan.element, n, hkl=hkl_p, e2=e2, options=options, n_cell=n_cell)
     sol = replace(sol, plan=plan)
     k = len(sol.frac)
     model = AtomicModel(label=np.array([f"{plan.element}{i + 1}" for i in range(k)]),
@@ -581,7 +719,32 @@ def heavy_atom_phases(hkl, amplitude, cell, symops, atoms: AtomicModel,
     s = Structure(source="heavy-atom model", block="", cell=tuple(cell), symops=symmetry(symops).triplets,
                   space_group="", sg_number=0, atoms=model)
     f = structure_factors(s, np.asarray(hkl), dtype=np.float64)
-    return np.angle(f), sol
+    phases = np.angle(f)
+    if options.recycling.cycles > 0:
+        comp = plan.composition if plan.composition and np.isfinite(plan.n_cell) else \
+            _composition_from_rows(atoms, len(symmetry(symops).rotations))
+        rec = recycle(hkl, amplitude, cell, symops, comp, plan.element, sol.frac, options.recycling)
+        phases = rec.phases
+        sol = replace(sol, recycling=rec)
+    return phases, sol
+
+
+def _composition_from_rows(atoms: AtomicModel, n_ops: int) -> dict:
+    out: dict[str, float] = {}
+    for e, o in zip(np.asarray(atoms.element, dtype=str), np.asarray(atoms.occupancy, dtype=float)):
+        name = gemmi.Element(e).name
+        out[name] = out.get(name, 0.0) + o * n_ops
+    return out
+
+
+def heavy_atoms_found(found: np.ndarray, true: np.ndarray, cell, symops,
+                      distance: float = PEAK_MATCH_DISTANCE) -> float:
+    """Fraction of the true sites (asymmetric unit) within ``distance`` Å of a placed atom,
+    at the best permissible origin (:func:`match_heavy_atoms`)."""
+    true = np.atleast_2d(true)
+    if not len(true) or not len(np.atleast_2d(found)):
+        return 0.0 if len(true) else float("nan")
+    return float((match_heavy_atoms(found, true, cell, symops, distance=distance) < distance).mean())
 
 
 def match_heavy_atoms(found: np.ndarray, true: np.ndarray, cell, symops, distance: float = 1.0) -> np.ndarray:
@@ -615,11 +778,22 @@ class HeavyAtomMethod(PhasingMethod):
     needs = frozenset({"atoms"})  # the composition only (elements, occupancies), never the positions
 
     def check(self, problem, options):
-        plan = heavy_atom_plan(problem.atoms, options.heavy_atom)
+        plan = heavy_atom_plan(problem.atoms, options.heavy_atom, symops=problem.symops, cell=problem.cell)
         if not plan.applicable:
             raise NotApplicable(plan.reason)
 
     def phases(self, problem, seed, options):
         phases, sol = heavy_atom_phases(problem.hkl, problem.amplitude, problem.cell, problem.symops,
                                         problem.atoms, options.heavy_atom)
-        return phases, f"{len(sol.frac)} {sol.element} placed (Σ Z² share {sol.plan.ratio:.2f})"
+        note = f"{len(sol.frac)} {sol.element} placed (Σ Z² share {sol.plan.ratio:.2f})"
+        if sol.recycling is not None:
+            r = sol.recycling
+            note += f"; recycling: {len(r.frac) - len(sol.frac)} atoms added, best cycle {r.best_cycle}"
+        return phases, note, {"element": sol.element, "frac": sol.frac}
+
+    def score_details(self, problem, details):
+        """``heavy_found``: the fraction of the true sites of the heavy element within 0.5 Å of a
+        placed one (best permissible origin)."""
+        el = np.array([gemmi.Element(e).name for e in np.asarray(problem.atoms.element, dtype=str)])
+        true = problem.atoms.frac[el == details["element"]]
+        return {"heavy_found": heavy_atoms_found(details["frac"], true, problem.cell, problem.symops)}

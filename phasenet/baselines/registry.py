@@ -36,7 +36,8 @@ BATCHED = "batched"
 #: What a method may read of a problem besides hkl, amplitude, cell and symmetry, and the
 #: reason given when that part is missing. A method sees only what it needs
 #: (:func:`problem_for`): true phases NaN, atoms None (or with ``"atoms"``, the
-#: composition only: positions and displacements NaN), intensity None.
+#: composition only: positions and displacements NaN, occupancies as atoms in the cell /
+#: number of operators, so that special positions count with their multiplicity), intensity None.
 NEEDS = {
     "atoms": "no composition (atomic model) stored",
     "phase_true": "no true phases stored",
@@ -77,14 +78,21 @@ class PhasingMethod(Protocol):
     def check(self, problem: PhasingProblem, options: EvaluateOptions) -> None:
         """Raise :class:`NotApplicable` (with the reason) where the method does not apply."""
 
-    def phases(self, problem: PhasingProblem, seed: int, options: EvaluateOptions) -> tuple[np.ndarray, str]:
-        """Forked methods: (phases in radians on ``problem.hkl``, a note for the row's reason).
+    def phases(self, problem: PhasingProblem, seed: int, options: EvaluateOptions) -> tuple:
+        """Forked methods: (phases in radians on ``problem.hkl``, a note for the row's reason),
+        or (phases, note, details): ``details`` (a dict) goes to :meth:`score_details`.
 
         ``problem`` is already truncated to the task's d_min; ``seed`` is the task's own
         (:func:`phasenet.evaluation.evaluate.task_seed`). Raise :class:`NotApplicable` where
         the method turns out not to apply; any other exception makes the row ``failed``.
         """
         raise NotImplementedError(f"{type(self).__name__} ({self.execution}) has no phases()")
+
+    def score_details(self, problem: PhasingProblem, details: dict) -> dict:
+        """Forked methods (optional): extra row columns scored against the truth, from the
+        ``details`` that :meth:`phases` returned. ``problem`` is the full one (true positions
+        included), as the evaluation scores it; e.g. the heavy-atom method's ``heavy_found``."""
+        return {}
 
     def prepare(self, hkl: np.ndarray, options: EvaluateOptions) -> None:
         """Batched methods: once per evaluation, before any problem (load a model, ...).
@@ -208,7 +216,18 @@ def problem_for(method: PhasingMethod, problem: PhasingProblem, options: Evaluat
     if "atoms" not in needs:
         atoms = None
     elif atoms is not None:  # the composition: elements, charges, occupancies; never the positions
-        atoms = dataclasses.replace(atoms, frac=np.full_like(atoms.frac, np.nan, dtype=float),
+        # as formula × Z gives it: the occupancy becomes atoms in the cell / operators, so a
+        # site on a special position counts with its multiplicity (half, on an inversion
+        # centre of P2₁/c); which special position it is stays hidden
+        from phasenet.physics.structure_factors import expand_to_unit_cell
+        from phasenet.symmetry import symmetry
+
+        try:
+            mult = np.bincount(expand_to_unit_cell(problem.structure()).asu_index, minlength=len(atoms))
+            occupancy = atoms.occupancy * mult / len(symmetry(problem.symops).rotations)
+        except Exception:  # noqa: BLE001  (positions unusable: the rows as listed)
+            occupancy = atoms.occupancy
+        atoms = dataclasses.replace(atoms, occupancy=occupancy, frac=np.full_like(atoms.frac, np.nan, dtype=float),
                          u_iso=np.full_like(atoms.u_iso, np.nan, dtype=float),
                          u_aniso=np.full_like(atoms.u_aniso, np.nan, dtype=float))
     hidden = {}

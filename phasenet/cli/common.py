@@ -53,7 +53,14 @@ def _entries(cls):
             yield f.name, f.name, None, meta, (lambda f=f: field_default(f))
         for key, sub in meta["nested"].items():
             dest = sub["flags"][0].lstrip("-").replace("-", "_")
-            yield dest, f.name, key, sub, (lambda f=f, key=key: getattr(field_default(f), key))
+            yield dest, f.name, key, sub, (lambda f=f, key=key: _attribute(field_default(f), key))
+
+
+def _attribute(obj, dotted: str):
+    """``obj.a.b`` for ``"a.b"`` (nested keys may reach options inside options)."""
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def add_options(parser, cls) -> None:
@@ -78,7 +85,11 @@ def given_options(cls, args) -> dict:
         if key is None:
             table[name] = value
         else:
-            table.setdefault(name, {})[key] = value
+            sub = table.setdefault(name, {})
+            *path, last = key.split(".")
+            for part in path:
+                sub = sub.setdefault(part, {})
+            sub[last] = value
     return table
 
 

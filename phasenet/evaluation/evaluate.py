@@ -51,7 +51,7 @@ from phasenet.util.workers import start_forked
 STATUSES = ("ok", "not-applicable", "failed", "timeout")
 ROW_COLUMNS = ["index", "id", "space_group", "centric_origin", "method", "d_min", "status", "reason",
                "n_reflections", "d_min_data", "completeness", "phase_error", "map_cc", "sign_accuracy",
-               "solved", "atom_recovery", "origin_shift", "inverted", "seconds"]
+               "solved", "atom_recovery", "heavy_found", "origin_shift", "inverted", "seconds"]
 
 
 @dataclass
@@ -118,8 +118,10 @@ def run_task(problem: PhasingProblem, method: str | PhasingMethod, d_min: float,
         row.update(n_reflections=len(p), d_min_data=p.d_min, completeness=_completeness(p, d_min))
         if len(p) < 10:
             raise NotApplicable(f"only {len(p)} reflections with d >= {d_min} Å")
-        phases, note = method.phases(problem_for(method, p, options), seed, options)
+        phases, note, *details = method.phases(problem_for(method, p, options), seed, options)
         row.update(score_row(p, phases, options))
+        if details and details[0] and hasattr(method, "score_details"):  # extra columns (heavy_found)
+            row.update(method.score_details(p, details[0]))
         row.update(status="ok", reason=note)
     except NotApplicable as exc:
         row.update(status="not-applicable", reason=str(exc))

@@ -76,7 +76,11 @@ class EvaluateOptions(Options):
             "max_attempts": flag("--cf-attempts", type=int,
                                  help="charge flipping: attempts to reach a phase transition "
                                  "(default %(default)s)")})
-    heavy_atom: HeavyAtomOptions = option(default_factory=default_heavy_atom)
+    heavy_atom: HeavyAtomOptions = option(
+        default_factory=default_heavy_atom, nested={
+            "recycling.cycles": flag("--ha-recycling-cycles", type=int,
+                                     help="heavy-atom method: E-Fourier recycling cycles, 0 = heavy-atom "
+                                     "phases as they come (default %(default)s)")})
 
     def __post_init__(self):
         if not self.methods:
