@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from phasenet.cli.commands import EXIT_FAILURES, EXIT_OK, main
+from phasenet.cli import EXIT_FAILURES, EXIT_OK, main
 from phasenet.evaluation import evaluate as evaluate_module
 from phasenet.evaluation.evaluate import EvaluateOptions, evaluate_dataset, summarise, summary_markdown
 from tests.training_helpers import REPO, make_dataset, run_phasenet

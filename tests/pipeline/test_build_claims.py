@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from phasenet.cli.commands import EXIT_FAILURES, EXIT_OK, main
+from phasenet.cli import EXIT_FAILURES, EXIT_OK, main
 from phasenet.io.hdf5 import read_atoms, read_structures_table
 
 HEAD = """data_{name}

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
-from phasenet.cli.commands import main
+from phasenet.cli import main
 from test_slurm import slurm_cluster, status, wait_for  # noqa: F401  (slurm_cluster: a fixture)
 
 SWEEP = """
