@@ -92,9 +92,10 @@ def charge_flip(hkl, amplitude, cell, symops, options: ChargeFlippingOptions | N
         raise ValueError(f"amplitude_type must be 'F' or 'quasi-E', got {options.amplitude_type!r}")
     hkl = np.asarray(hkl, dtype=np.int64)
     amplitude = np.asarray(amplitude, dtype=float)
-    keep = np.isfinite(amplitude) & (amplitude > 0)
-    if keep.sum() < 20:
-        raise ValueError(f"only {int(keep.sum())} non-zero amplitudes: too few for charge flipping")
+    # zeros are measured weak reflections and stay; systematic absences do not
+    keep = np.isfinite(amplitude) & (amplitude >= 0) & ~symmetry(symops).systematic_absences(hkl)
+    if (amplitude[keep] > 0).sum() < 20:
+        raise ValueError(f"only {int((amplitude[keep] > 0).sum())} non-zero amplitudes: too few for charge flipping")
     flex.set_random_seed(int(seed) % (2**31))
     random.seed(seed)
     cs = crystal_symmetry(cell, symops)

@@ -37,11 +37,13 @@ BATCHED = "batched"
 #: reason given when that part is missing. A method sees only what it needs
 #: (:func:`problem_for`): true phases NaN, atoms None (or with ``"atoms"``, the
 #: composition only: positions and displacements NaN, occupancies as atoms in the cell /
-#: number of operators, so that special positions count with their multiplicity), intensity None.
+#: number of operators, so that special positions count with their multiplicity). The
+#: dataset's stored ``intensity`` (the study's model input, scaled against the calculated
+#: intensities by default) is never shown to a method, nor ``intensity_calc`` when the
+#: amplitudes are measured ones.
 NEEDS = {
     "atoms": "no composition (atomic model) stored",
     "phase_true": "no true phases stored",
-    "intensity": "no normalised intensities (model input) stored",
 }
 
 
@@ -70,7 +72,7 @@ class PhasingMethod(Protocol):
     name: str
     #: parts of the problem the method reads beyond amplitudes, cell and symmetry, keys of
     #: :data:`NEEDS`: ``"atoms"`` (the composition; never the positions), ``"phase_true"``
-    #: (only the ``true`` sanity row), ``"intensity"`` (the dataset's model input)
+    #: (only the ``true`` sanity row)
     needs: ClassVar[frozenset[str]] = frozenset()
     #: :data:`FORKED` or :data:`BATCHED`
     execution: ClassVar[str] = FORKED
@@ -94,16 +96,17 @@ class PhasingMethod(Protocol):
         included), as the evaluation scores it; e.g. the heavy-atom method's ``heavy_found``."""
         return {}
 
-    def prepare(self, hkl: np.ndarray, options: EvaluateOptions) -> None:
+    def prepare(self, options: EvaluateOptions) -> None:
         """Batched methods: once per evaluation, before any problem (load a model, ...).
 
-        ``hkl`` are the dataset's reflections, which every problem shares. Raise
-        :class:`NotApplicable` to make all rows not applicable, anything else to fail them.
+        Raise :class:`NotApplicable` to make all rows not applicable, anything else to fail them.
         """
 
-    def phases_batch(self, problems: list[PhasingProblem], options: EvaluateOptions) -> np.ndarray:
-        """Batched methods: (N, R) phases of N untruncated problems on the dataset's R
-        reflections, NaN where the method gives no phase. The evaluation truncates to each d_min."""
+    def phases_batch(self, problems: list[PhasingProblem], options: EvaluateOptions) -> list:
+        """Batched methods: the phases of N problems, all truncated to one d_min exactly as a
+        forked method's (the same reflections, nothing beyond d_min), one entry per problem:
+        an array of ``len(problem)`` phases (NaN where the method gives none: those count
+        against it) or a tuple (phases, note for the row's reason)."""
         raise NotImplementedError(f"{type(self).__name__} ({self.execution}) has no phases_batch()")
 
 
@@ -233,8 +236,9 @@ def problem_for(method: PhasingMethod, problem: PhasingProblem, options: Evaluat
     hidden = {}
     if "phase_true" not in needs:  # the true phases, and the signs derived from them
         hidden.update(phase_calc=np.full(len(problem), np.nan), sign=None)
-    if "intensity" not in needs:  # the dataset's model input (linreg-scaled with the answer)
-        hidden.update(intensity=None)
+    hidden.update(intensity=None)  # the dataset's model input (linreg-scaled with the answer)
+    if problem.amplitude_source == "obs":  # measured amplitudes: the calculated ones are the answer
+        hidden.update(intensity_calc=None)
     seen = dataclasses.replace(problem, atoms=atoms,
                                reflections=dataclasses.replace(problem.reflections, **hidden))
     method.check(seen, options)

@@ -221,3 +221,45 @@ def score_phases(hkl, amplitude, phase_true, phase_est, symops,
         n_reflections=int((f > 0).sum()),
     )
     return score, aligned
+
+
+def score_phases_counting_unphased(hkl, amplitude, phase_true, phase_est, symops,
+                                   solved_cc: float = SOLVED_CC) -> tuple[PhaseScore, np.ndarray]:
+    """:func:`score_phases` on all reflections, where a NaN in ``phase_est`` (a reflection
+    the method did not phase) counts against it: it adds its |F|² to the denominator of R
+    and nothing to the numerator (cos Δφ = 0, a map without that term), 90° to the phase
+    error and a coin toss (½) to the sign accuracy. The best origin is the one that
+    maximises R, found on the phased reflections (the unphased add the same at every origin).
+    The aligned phases are NaN where unphased; ``n_reflections`` counts all of them.
+    """
+    phase_est = np.asarray(phase_est, dtype=float)
+    phased = np.isfinite(phase_est)
+    if phased.all():
+        return score_phases(hkl, amplitude, phase_true, phase_est, symops, solved_cc)
+    hkl = np.asarray(hkl, dtype=np.int64)
+    f = np.abs(np.asarray(amplitude, dtype=float))
+    phase_true = np.asarray(phase_true, dtype=float)
+    if not (len(hkl) == len(f) == len(phase_true) == len(phase_est)):
+        raise ValueError(f"hkl, amplitude and phases differ in length: {len(hkl)}, {len(f)}, "
+                         f"{len(phase_true)}, {len(phase_est)}")
+    sym = symmetry(symops)
+    aligned = np.full(len(hkl), np.nan)
+    shift, inverted = (0.0, 0.0, 0.0), False
+    if phased.any():
+        match = best_origin(hkl[phased], phase_true[phased], phase_est[phased], f[phased] ** 2, sym)
+        shift, inverted = match.shift, match.inverted
+        aligned[phased] = _apply(hkl[phased], phase_est[phased], shift, inverted)
+    w, total_f = f**2, f.sum()
+    cos = np.where(phased, np.cos(np.where(phased, aligned, 0.0) - phase_true), 0.0)
+    r = float((w * cos).sum() / w.sum()) if w.sum() > 0 else float("nan")
+    err = np.where(phased, _wrap(np.where(phased, aligned, 0.0) - phase_true), np.pi / 2)
+    phase_error = float(np.degrees((f * err).sum() / total_f)) if total_f > 0 else float("nan")
+    sign_acc = float("nan")
+    if sym.has_origin_inversion and w.sum() > 0:
+        right = np.where(phased, (np.cos(np.where(phased, aligned, 0.0)) * np.cos(phase_true) > 0) * 1.0, 0.5)
+        sign_acc = float((w * right).sum() / w.sum())
+    score = PhaseScore(phase_error=phase_error, map_cc=r, sign_accuracy=sign_acc,
+                       solved=bool(np.isfinite(r) and r >= solved_cc),
+                       origin_shift=tuple(float(x) for x in shift), inverted=bool(inverted),
+                       n_reflections=int((f > 0).sum()))
+    return score, aligned

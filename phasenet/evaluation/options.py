@@ -106,6 +106,10 @@ class EvaluateOptions(Options):
             raise EvaluationError(f"reflections must be 'dataset' or 'sphere', got {self.reflections!r}")
         if self.split not in (None, "train", "test"):
             raise EvaluationError(f"split must be 'train', 'test' or None, got {self.split!r}")
+        if self.reflections == "sphere" and self.amplitudes == "obs":
+            raise EvaluationError("reflections='sphere' recomputes exact amplitudes from the atoms and has no "
+                                  "measured ones: use amplitudes='calc' with it, or reflections='dataset' with "
+                                  "amplitudes='obs' (--reflections sphere cannot go with --amplitudes obs)")
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -7,6 +7,14 @@ It comes from a dataset row (:func:`problem_from_dataset`, the dataset's reflect
 from a :class:`~phasenet.structure.Structure` (:func:`problem_from_structure`,
 exact amplitudes on a complete sphere of reflections to d_min, one reflection of
 each Friedel pair).
+
+**What a method is given** (:attr:`PhasingProblem.given`): every reflection that is not a
+systematic absence of the space group and has an amplitude from the chosen source —
+'calc': every one (exact amplitudes); 'obs': every *measured* one, weak ones included
+(I_obs ≤ 0 is given as amplitude 0, a measurement of "weak"; unmeasured reflections are
+not given). :meth:`PhasingProblem.truncate` keeps exactly the given reflections with
+d ≥ d_min, and the amplitudes of 'obs' are computed from the measurements alone (never
+from ``intensity_calc``), so a method may be handed a problem without ``intensity_calc``.
 """
 
 from __future__ import annotations
@@ -65,9 +73,26 @@ class PhasingProblem:
         return self.reflections.space_group
 
     @cached_property
+    def given(self) -> np.ndarray:
+        """(R,) bool: reflections whose amplitude a method is given: not systematically
+        absent, and (amplitudes 'calc') computed or ('obs') measured, weak ones included."""
+        r = self.reflections
+        values = r.intensity_obs if self.amplitude_source == "obs" else r.intensity_calc
+        if values is None:
+            raise ValueError(f"{self.id}: no intensity_{self.amplitude_source}: amplitudes "
+                             f"{self.amplitude_source!r} are not available")
+        given = np.isfinite(np.asarray(values, dtype=np.float64)) & ~r.absent
+        return _frozen_copy(given)
+
+    @cached_property
     def amplitude(self) -> np.ndarray:
-        """(R,) float64 |F| a phasing method may use (0: none, e.g. a systematic absence)."""
-        return _frozen_copy(self.reflections.amplitude(self.amplitude_source))
+        """(R,) float64 |F| a phasing method may use: √max(I, 0) of the amplitude source
+        where :attr:`given`, 0 elsewhere ('obs' never reads ``intensity_calc``)."""
+        r = self.reflections
+        values = r.intensity_obs if self.amplitude_source == "obs" else r.intensity_calc
+        given = self.given
+        i = np.where(given, np.asarray(values, dtype=np.float64), 0.0)
+        return _frozen_copy(np.sqrt(np.maximum(np.nan_to_num(i), 0.0)))
 
     @cached_property
     def phase_true(self) -> np.ndarray:
@@ -91,9 +116,10 @@ class PhasingProblem:
         return replace(self, reflections=self.reflections.select(which))
 
     def truncate(self, d_min: float | None) -> "PhasingProblem":
-        """Only reflections with d ≥ d_min and non-zero amplitude (absences dropped)."""
+        """Only the :attr:`given` reflections with d ≥ d_min: systematic absences and
+        (amplitudes 'obs') unmeasured reflections dropped, measured weak ones kept."""
         self.check()
-        return replace(self, reflections=self.reflections.select(self.amplitude > 0).truncate(d_min))
+        return replace(self, reflections=self.reflections.select(self.given).truncate(d_min))
 
     def check(self) -> None:
         """Raise ValueError naming the structure if the cell is unusable."""

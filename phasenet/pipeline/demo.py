@@ -5,7 +5,8 @@
 3. ``phasenet train training/demo.toml``: a tiny sign network (origin-invariant loss);
 4. ``phasenet evaluate``: the model against charge flipping, Patterson (heavy atom),
    random and true phases on test structures at 1.0 and 2.0 Å, with a Markdown
-   report and plots.
+   report and plots, on the honest protocol (docs/evaluation.md: every method given the
+   reflections to d_min only, the common subset first, the random reference beside each).
 
 Each step is a function (``step_*``). Training and evaluation run as subprocesses
 (Keras must not be imported in a process that later forks workers).
@@ -148,7 +149,8 @@ def step_evaluate(out: Path, limit: int = DEMO_EVAL_LIMIT, with_model: bool = Tr
     for d in DEMO_D_MIN:
         args += ["--d-min", str(d)]
     print(f"[demo] evaluating {len(methods)} methods on {limit} test structures at d_min "
-          f"{', '.join(map(str, DEMO_D_MIN))} Å into {out / 'report'}", flush=True)
+          f"{', '.join(map(str, DEMO_D_MIN))} Å into {out / 'report'} (honest protocol: each method, "
+          "the model included, is given only the reflections to d_min; docs/evaluation.md)", flush=True)
     return _phasenet(*args) in (0, 1)   # 1: some tasks failed or timed out, reported in the CSV
 
 

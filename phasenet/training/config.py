@@ -3,7 +3,7 @@
 A config file has the sections below (every key optional; see ``training/*.toml``)::
 
     [run]       name, seed, epochs, batch_size, deterministic
-    [data]      path, recipe, task, max_index, r2_max, normalisation, input_transform,
+    [data]      path, recipe, task, max_index, r2_max, normalisation, input_transform, input,
                 max_train, max_test, block_rows, shuffle_buffer, prefetch, in_memory
     [model]     width, depth, widths, activation, dropout, batch_norm, l2,
                 cell_input, bottleneck, output_activation
@@ -55,6 +55,9 @@ class DataSection:
     r2_max: int = 0  # 0: no sphere cut (4630 reflections); 50: the study's 709
     normalisation: str = "any"  # require the dataset's build normalisation
     input_transform: str = "none"
+    # what the network reads: "stored" (the dataset's intensity column) or "network"
+    # (phasenet.training.inputs.network_input: inputs "intensity" = |E|², "mask"; docs/evaluation.md)
+    input: str = "stored"
     max_train: int = 0  # 0: every training structure; else a seeded random subset of this size
     max_test: int = 0
     block_rows: int = 64  # rows read together (chunks are one structure each)
@@ -146,6 +149,7 @@ CHOICES = {
     "data.task": ("sign", "autoencoder"),
     "data.normalisation": ("any", "linreg", "max", "mean", "median", "wilson"),
     "data.input_transform": ("none", "max", "log1p"),
+    "data.input": ("stored", "network"),
     "model.activation": ("relu", "gelu", "tanh", "sigmoid", "elu", "selu", "swish", "leaky_relu"),
     "model.output_activation": ("linear", "relu", "sigmoid", "softplus"),
     "loss.weight": ("intensity", "exp_intensity", "uniform"),

@@ -35,10 +35,14 @@ def build_model(cfg, n_reflections: int) -> keras.Model:
     inputs = intensity
     x = intensity
     if cfg.data.task == "sign":
+        parts = {"intensity": intensity}
+        if cfg.data.input == "network":  # network_input features: |E|² and the mask (docs/evaluation.md)
+            parts["mask"] = keras.Input((n_reflections,), name="mask")
         if m.cell_input:
-            cell = keras.Input((6,), name="cell")
-            inputs = {"intensity": intensity, "cell": cell}
-            x = layers.Concatenate(name="intensity_and_cell")([intensity, cell])
+            parts["cell"] = keras.Input((6,), name="cell")
+        if len(parts) > 1:
+            inputs = parts
+            x = layers.Concatenate(name="_and_".join(parts))(list(parts.values()))
         x = _hidden(x, widths, m, seed, "hidden")
         out = layers.Dense(n_reflections, kernel_regularizer=reg, dtype="float32",
                            name="sign_logits")(x)

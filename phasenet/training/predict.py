@@ -4,6 +4,19 @@ The run folder's ``model.keras`` is a plain Keras model (sign models end in a si
 they output P(sign label = 1), i.e. P(phase 0)); ``phasenet_model.json`` says which
 reflections it expects and how its input was prepared. Keras is imported when a
 predictor is loaded, with whatever backend ``KERAS_BACKEND`` names.
+
+**Which input** (``"input"`` in ``phasenet_model.json``, from the config's ``data.input``;
+absent in older runs, which means ``"stored"``):
+
+- ``"stored"``: the model was trained on the dataset's stored ``intensity`` column; its
+  Keras input is ``intensity`` (N, G) (plus ``cell`` (N, 6) with ``model.cell_input``);
+- ``"network"``: trained on :func:`phasenet.training.inputs.network_input` features; its
+  Keras inputs are the dict ``{"intensity": e2 (N, G), "mask": mask (N, G)}`` (plus
+  ``"cell"``), where e2 is |E|² (0 where not given) and mask is 1 where a reflection was
+  given. :meth:`Predictor.predict_sign_probability` then needs ``mask``.
+
+``input_transform`` (none / max / log1p) is applied to the ``intensity`` input in both
+cases, as in training. The contract is written down in ``docs/evaluation.md``.
 """
 
 from __future__ import annotations
@@ -33,7 +46,13 @@ class Predictor:
     def task(self) -> str:
         return self.info["task"]
 
-    def _inputs(self, intensity, cell):
+    @property
+    def input(self) -> str:
+        """What the model was trained on: ``"stored"`` (the dataset's ``intensity`` column) or
+        ``"network"`` (``network_input`` features: e2 and mask)."""
+        return self.info.get("input", "stored")
+
+    def _inputs(self, intensity, cell, mask=None):
         from phasenet.training.data import cell_features, prepare_input
 
         x = np.asarray(intensity, dtype=np.float32)
@@ -41,26 +60,41 @@ class Predictor:
             raise PredictorError(f"intensity must be (N, {len(self.hkl)}) for this model "
                                  f"({self.run_dir}), got shape {x.shape}")
         x = prepare_input(x, self.info.get("input_transform", "none"))
+        inputs = {"intensity": x}
+        if self.input == "network":
+            if mask is None:
+                raise PredictorError(f"{self.run_dir}: this model was trained on network_input features; "
+                                     "pass mask (N, R) with the e2 intensities")
+            mask = np.asarray(mask, dtype=np.float32)
+            if mask.shape != x.shape:
+                raise PredictorError(f"mask must be {x.shape} like the intensities, got {mask.shape}")
+            inputs["mask"] = mask
+        elif self.input != "stored":
+            raise PredictorError(f"{self.run_dir}: unknown input {self.input!r} in phasenet_model.json "
+                                 "(known: stored, network)")
         if self.info.get("cell_input"):
             if cell is None:
                 raise PredictorError(f"{self.run_dir}: this model takes the cell as input; pass cell (N, 6)")
             cell = np.asarray(cell, dtype=np.float64)
             if cell.shape != (len(x), 6):
                 raise PredictorError(f"cell must be ({len(x)}, 6), got {cell.shape}")
-            return {"intensity": x, "cell": cell_features(cell)}
-        return x
+            inputs["cell"] = cell_features(cell)
+        return inputs if len(inputs) > 1 else x
 
-    def predict(self, intensity, cell=None, batch_size: int = 256) -> np.ndarray:
+    def predict(self, intensity, cell=None, batch_size: int = 256, mask=None) -> np.ndarray:
         """The model output (N, R): sign probabilities, or the reconstruction."""
-        x = self._inputs(intensity, cell)
+        x = self._inputs(intensity, cell, mask)
         return np.asarray(self.model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float32)
 
     def predict_sign_probability(self, intensity: np.ndarray, cell: np.ndarray | None = None,
-                                 batch_size: int = 256) -> np.ndarray:
-        """(N, R) probability that the sign label is 1 (phase 0), at the stored origin."""
+                                 batch_size: int = 256, mask: np.ndarray | None = None) -> np.ndarray:
+        """(N, R) probability that the sign label is 1 (phase 0), at the stored origin.
+
+        ``intensity``: the stored intensities (``input`` "stored") or network_input's e2
+        (``input`` "network", with ``mask``)."""
         if self.task != "sign":
             raise PredictorError(f"{self.run_dir}: a {self.task} model predicts no signs")
-        return self.predict(intensity, cell, batch_size)
+        return self.predict(intensity, cell, batch_size, mask=mask)
 
 
 def load_predictor(run_dir: str | Path) -> Predictor:

@@ -415,7 +415,7 @@ def _fit(cfg, cfg_dict, backend, path, train_rows, test_rows, out, state, latest
 
         info = {"task": cfg.data.task, "max_index": cfg.data.max_index, "r2_max": cfg.data.r2_max,
                 "n_reflections": train_src.n_reflections, "input_transform": cfg.data.input_transform,
-                "cell_input": cfg.model.cell_input,
+                "input": cfg.data.input, "cell_input": cfg.model.cell_input,
                 "output": "sign_probability" if cfg.data.task == "sign" else "reconstruction",
                 "backend": backend, "keras_version": keras.__version__, "phasenet_version": __version__,
                 "epochs": len(rows), "dataset": str(path),

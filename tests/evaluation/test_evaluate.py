@@ -12,6 +12,7 @@ import pytest
 
 from phasenet.cli import EXIT_ERROR, EXIT_FAILURES, main
 from phasenet.evaluation import evaluate as evaluate_module
+from phasenet.baselines import charge_flipping as charge_flipping_module
 from phasenet.evaluation.evaluate import EvaluateOptions, EvaluationError, evaluate_dataset, run_task
 from phasenet.evaluation.problem import DatasetRows
 
@@ -71,9 +72,7 @@ def _block_forever(*args, **kwargs):
 def test_timeout_and_failure_are_rows(small_h5, tmp_path, monkeypatch):
     # a method that never returns (in the forked worker): the hard timeout must fire,
     # however fast the machine
-    import phasenet.baselines.charge_flipping as cf_module
-
-    monkeypatch.setattr(cf_module, "charge_flip", _block_forever)
+    monkeypatch.setattr(charge_flipping_module, "charge_flip", _block_forever)  # the method calls it
     opts = EvaluateOptions(methods=("charge-flipping",), d_min=(2.0,), timeout=0.5, workers=2,
                            atom_recovery=False)
     res = evaluate_dataset(small_h5, tmp_path / "r", opts, progress=False)
@@ -89,38 +88,66 @@ def test_timeout_and_failure_are_rows(small_h5, tmp_path, monkeypatch):
 
 
 def test_model_plugin_contract(small_h5, tmp_path, monkeypatch):
-    """The scoring side of the model:RUN_DIR plug-in: a predictor of the true signs on half
-    the reflections scores R = 1 (a real trained run is evaluated in
-    test_evaluate_claims.test_model_method_with_a_real_trained_run)."""
+    """The model:RUN_DIR plug-in on the honest protocol (docs/evaluation.md): the predictor
+    receives network_input's e2 and mask of the reflections to d_min only, and a model that
+    phases half of them perfectly is scored on all of them: R = Σ_phased |F|² / Σ |F|².
+    (Before issue 12 this oracle was keyed on the stored `intensity` column, every
+    reflection of the dataset, and scored R = 1 on its own half: the leak.) A real trained
+    run: test_evaluate_claims.test_model_method_with_a_real_trained_run."""
+    import h5py
+
+    from phasenet.symmetry import symmetry
+    from phasenet.training.inputs import network_input
+
+    d_mins = (1.0, 1.5)
+    with h5py.File(small_h5, "r") as h5:
+        hkl = h5["hkl"][:].astype(np.int64)
+        i_calc = h5["intensity_calc"][:].astype(float)
+        phase = h5["phase_calc"][:].astype(float)
+        cells = h5["structures/cell"][:].astype(float)
     with DatasetRows(small_h5) as rows:
-        sign_by_intensity = {}
-        for i in range(len(rows)):
-            p = rows.problem(i)
-            sign_by_intensity[p.intensity.tobytes()] = np.cos(p.phase_true) > 0
-        hkl = rows.hkl
+        symops = [rows.dataset.symops(i) for i in range(len(rows))]
+    grid = hkl[::2]  # the model phases only half the dataset's reflections
+    d_spacing = [1 / np.sqrt(np.einsum("ni,ij,nj->n", hkl, np.linalg.inv(_metric(c)), hkl)) for c in cells]
+    expected, answer = {}, {}
+    for i in range(len(cells)):
+        for d in d_mins:
+            given = (i_calc[i] > 0) & (d_spacing[i] >= d - 1e-9)
+            x = network_input(grid, hkl, np.where(given, np.sqrt(i_calc[i]), np.nan), tuple(cells[i]),
+                              symmetry(symops[i]))
+            answer[x.e2.tobytes()] = np.cos(phase[i][::2]) > 0
+            on_grid = np.zeros(len(hkl), bool)
+            on_grid[::2] = True
+            expected[i, d] = (i_calc[i][given & on_grid].sum() / i_calc[i][given].sum(), (given & on_grid).sum())
 
     class Oracle:
-        def __init__(self):
-            self.hkl = hkl[::2]  # the model phases only half the reflections
+        hkl = grid
+        input = "network"
 
-        def predict_sign_probability(self, intensity, cell=None):
-            assert intensity.dtype == np.float32 and cell.shape == (len(intensity), 6)
-            out = []
-            for x in intensity:
-                for key, s in sign_by_intensity.items():
-                    if np.array_equal(np.frombuffer(key, np.float32)[::2], x, equal_nan=True):
-                        out.append(np.where(s[::2], 0.9, 0.1))
-            return np.array(out)
+        def predict_sign_probability(self, e2, cell=None, mask=None):
+            assert e2.dtype == np.float32 and cell.shape == (len(e2), 6) and mask.shape == e2.shape
+            assert np.all((mask == 0) <= (e2 == 0))  # e2 is 0 wherever nothing was given
+            return np.array([np.where(answer[x.tobytes()], 0.9, 0.1) for x in e2])
 
     fake = types.ModuleType("phasenet.training.predict")
     fake.load_predictor = lambda run_dir: Oracle()
     monkeypatch.setitem(sys.modules, "phasenet.training.predict", fake)
-    res = evaluate_dataset(small_h5, tmp_path / "m", EvaluateOptions(methods=("model:run",), d_min=(1.0, 1.5)),
+    res = evaluate_dataset(small_h5, tmp_path / "m", EvaluateOptions(methods=("model:run",), d_min=d_mins),
                            progress=False)
     ok = res.rows[res.rows.status == "ok"]
-    assert len(ok) == 4 and np.allclose(ok.map_cc, 1.0)
+    assert len(ok) == 4
+    for r in ok.itertuples():
+        share, n_phased = expected[r.index, r.d_min]
+        assert 0.3 < share < 0.7 and r.map_cc == pytest.approx(share, abs=1e-6)
+        assert r.n_phased == n_phased and r.n_phased < r.n_reflections
     na = res.rows[res.rows.status == "not-applicable"]
     assert len(na) == 2 and na.reason.str.contains("inversion centre").all()
+
+
+def _metric(cell):
+    a, b, c = cell[:3]
+    ca, cb, cg = np.cos(np.radians(cell[3:]))
+    return np.array([[a * a, a * b * cg, a * c * cb], [a * b * cg, b * b, b * c * ca], [a * c * cb, b * c * ca, c * c]])
 
 
 def test_model_without_predict_module(small_h5, tmp_path, monkeypatch):

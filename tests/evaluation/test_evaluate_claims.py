@@ -12,6 +12,7 @@ import pytest
 
 from phasenet.cli import EXIT_FAILURES, EXIT_OK, main
 from phasenet.evaluation import evaluate as evaluate_module
+from phasenet.baselines import charge_flipping as charge_flipping_module
 from phasenet.evaluation.evaluate import EvaluateOptions, evaluate_dataset, summarise, summary_markdown
 from tests.training_helpers import REPO, make_dataset, run_phasenet
 
@@ -39,12 +40,13 @@ def sphere_count(cell, d_min) -> int:
 
 
 def in_sphere(h5_path, d_min, measured=False) -> np.ndarray:
-    """Mask of the dataset's reflections with d >= d_min and I_calc > 0 (and measured)."""
+    """Mask of the dataset's reflections with d >= d_min and I_calc > 0 (and measured,
+    weak ones included: I_obs <= 0 is a measurement too)."""
     with h5py.File(h5_path, "r") as h5:
         hkl, cell = h5["hkl"][:], tuple(map(float, h5["structures/cell"][0]))
         keep = h5["intensity_calc"][0] > 0
         if measured:
-            keep &= np.isfinite(h5["intensity_obs"][0]) & (h5["intensity_obs"][0] > 0)
+            keep &= np.isfinite(h5["intensity_obs"][0])
     return keep & (inv_d2(hkl, cell) <= 1 / d_min**2 + 1e-9)
 
 
@@ -84,12 +86,12 @@ def test_completeness_reports_the_sphere_the_box_cuts(obs_h5, tmp_path):
 
 def test_reflections_sphere_recomputes_the_complete_sphere(obs_h5, tmp_path):
     """--reflections sphere: exact amplitudes from the stored atoms on the complete sphere
-    (P-1: no absences, so every reflection of the sphere), completeness 1; not for models."""
+    (P-1: no absences, so every reflection of the sphere), completeness 1. (Models take the
+    sphere too since issue 12: tests/evaluation/test_honest.py.)"""
     rc = main(["evaluate", str(obs_h5), "-o", str(tmp_path / "sphere"), "--method", "true",
-               "--method", f"model:{tmp_path / 'any-run'}", "--reflections", "sphere",
-               "--d-min", "0.8", "--d-min", "2.0", "--workers", "1", "--quiet"])
-    assert rc == EXIT_OK  # the model rows are not-applicable, not failed
-    df = pd.read_csv(tmp_path / "sphere" / "evaluation.csv")
+               "--reflections", "sphere", "--d-min", "0.8", "--d-min", "2.0", "--workers", "1", "--quiet"])
+    assert rc == EXIT_OK
+    df = pd.read_csv(tmp_path / "sphere" / "evaluation.csv", dtype={"method": str})  # "true" is not True
     assert '"reflections": "sphere"' in (tmp_path / "sphere" / "config.json").read_text()
     true = df[df.method == "true"].set_index("d_min")
     with h5py.File(obs_h5, "r") as h5:
@@ -100,13 +102,11 @@ def test_reflections_sphere_recomputes_the_complete_sphere(obs_h5, tmp_path):
         assert true.loc[d, "completeness"] == pytest.approx(1.0)
         assert true.loc[d, "map_cc"] == pytest.approx(1.0)
     assert true.loc[0.8, "n_reflections"] > dataset_count(obs_h5, 0.8)  # more than the box holds
-    model = df[df.method.str.startswith("model:")]
-    assert len(model) == 2 and (model.status == "not-applicable").all()
-    assert model.reason.str.contains("dataset's reflections").all()
 
 
 def test_amplitudes_obs_uses_the_measured_reflections(obs_h5, tmp_path):
-    """--amplitudes obs: only reflections measured (and not absent) take part."""
+    """--amplitudes obs: only reflections measured (and not absent) take part, weak ones
+    (I_obs <= 0, amplitude 0) included (issue 12: they used to be dropped)."""
     calc = _rows(obs_h5, tmp_path, "calc")
     obs = _rows(obs_h5, tmp_path, "obs", amplitudes="obs")
     for d in (0.8, 2.0):
@@ -119,7 +119,9 @@ def test_amplitudes_obs_uses_the_measured_reflections(obs_h5, tmp_path):
     p_obs = problem_from_dataset(obs_h5, 0, "obs").truncate(2.0)
     with h5py.File(obs_h5, "r") as h5:
         i_obs = h5["intensity_obs"][0]
-    np.testing.assert_allclose(p_obs.amplitude ** 2, i_obs[in_sphere(obs_h5, 2.0, measured=True)], rtol=1e-5)
+    np.testing.assert_allclose(p_obs.amplitude ** 2, np.maximum(i_obs[in_sphere(obs_h5, 2.0, measured=True)], 0),
+                               rtol=1e-5)
+    assert (problem_from_dataset(obs_h5, 0, "obs").truncate(0.8).amplitude == 0).any()  # weak ones kept
 
 
 def test_success_rate_is_solved_over_ok_failed_timeout():
@@ -151,9 +153,7 @@ def test_a_task_that_never_returns_is_killed_as_a_timeout_row(obs_h5, tmp_path, 
     """The hard --timeout: a method that never returns (charge flipping replaced by a
     function that blocks forever, in the forked worker) becomes a `timeout` row, the other
     rows are kept and the report is complete; exit status 1."""
-    import phasenet.baselines.charge_flipping as cf_module
-
-    monkeypatch.setattr(cf_module, "charge_flip", _block_forever)
+    monkeypatch.setattr(charge_flipping_module, "charge_flip", _block_forever)  # the method calls it
     rc = main(["evaluate", str(obs_h5), "-o", str(tmp_path / "r"), "--method", "true",
                "--method", "charge-flipping", "--d-min", "2.0", "--timeout", "1", "--workers", "2",
                "--quiet"])

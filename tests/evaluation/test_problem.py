@@ -38,11 +38,15 @@ def test_problem_from_dataset_equals_the_stored_row(obs_h5):
     want = np.where(measured, np.sqrt(np.maximum(np.nan_to_num(i_obs), 0)), 0)
     assert np.array_equal(obs.amplitude, want)
     assert len(calc.atoms) == n_atoms and calc.centric_origin
-    # truncation: a new problem, zero amplitudes (absent; unmeasured or I <= 0 for obs)
-    # dropped, d >= d_min
+    # truncation: a new problem with the reflections given, d >= d_min: for obs the
+    # measured ones, weak ones (I_obs <= 0, amplitude 0) kept (issue 12: they used to be
+    # dropped with the unmeasured ones); absent and unmeasured dropped
     t = obs.truncate(1.2)
-    assert len(t) == int(((want > 0) & (obs.reflections.d_spacing >= 1.2 - 1e-9)).sum()) > 0
-    assert (t.amplitude > 0).all() and t.d_min >= 1.2 - 1e-9 and len(obs) == len(hkl)
+    high = obs.reflections.d_spacing >= 1.2 - 1e-9
+    assert len(t) == int((measured & high).sum()) > int(((want > 0) & high).sum()) > 0
+    assert (t.amplitude >= 0).all() and (t.amplitude == 0).sum() == int((measured & high & (want == 0)).sum())
+    assert t.d_min >= 1.2 - 1e-9 and len(obs) == len(hkl)
+    assert len(calc.truncate(1.2)) == int(((i_calc > 0) & high).sum())
     with pytest.raises(ValueError, match="amplitude_source must be"):
         type(obs)(id="x", reflections=obs.reflections, atoms=None, amplitude_source="fobs")
     with pytest.raises(ValueError, match="amplitudes must be 'calc' or 'obs'"):
