@@ -15,7 +15,6 @@ from phasenet import BuildOptions, build_dataset
 from phasenet.pipeline import build as build_module
 from phasenet.pipeline.parts import part_path, run_parts
 
-pytestmark = pytest.mark.real_data
 
 
 def _cif_files(real_cif_dir, n):

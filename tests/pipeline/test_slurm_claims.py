@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from phasenet.cli import main
-from test_slurm import slurm_cluster, status, wait_for  # noqa: F401  (slurm_cluster: a fixture)
+from tests.pipeline.conftest import status, wait_for  # noqa: F401  (slurm_cluster: a fixture there)
 
 SWEEP = """
 [run]
