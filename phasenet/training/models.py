@@ -35,10 +35,16 @@ def build_model(cfg, n_reflections: int) -> keras.Model:
     inputs = intensity
     x = intensity
     if cfg.data.task == "sign":
-        if m.cell_input:
-            cell = keras.Input((6,), name="cell")
-            inputs = {"intensity": intensity, "cell": cell}
-            x = layers.Concatenate(name="intensity_and_cell")([intensity, cell])
+        network_input = cfg.input_kind() == "network"  # {"intensity": |E|², "mask"}
+        if m.cell_input or network_input:
+            inputs, parts = {"intensity": intensity}, [intensity]
+            if network_input:
+                inputs["mask"] = keras.Input((n_reflections,), name="mask")
+                parts.append(inputs["mask"])
+            if m.cell_input:
+                inputs["cell"] = keras.Input((6,), name="cell")
+                parts.append(inputs["cell"])
+            x = layers.Concatenate(name="intensity_and_" + "_and_".join(list(inputs)[1:]))(parts)
         x = _hidden(x, widths, m, seed, "hidden")
         out = layers.Dense(n_reflections, kernel_regularizer=reg, dtype="float32",
                            name="sign_logits")(x)
