@@ -9,7 +9,7 @@ In one run, on the same machine:
 2. **source**: samples/s that an on-the-fly source delivers (``OnTheFlySource.batch`` in a
    loop, nothing trained) with 1 and 2 worker processes, for ``atoms`` (the atomic models of
    a ``phasenet synth`` dataset, --data or made here) and ``synth`` (dense packing,
-   ``data.repeats`` 8 and 1);
+   ``data.repeats`` 8 and 16; fast packing, 8);
 3. **end to end**: samples/s of training the same MLP (network input: |E|² + mask) fed by
    the on-the-fly source (training and workers share the CPUs);
 4. **memory** (--memory-structures N): RSS of the training process and the workers while a
@@ -132,15 +132,26 @@ def measure_source(src, seconds: float, warm: int = 4) -> dict:
     return {"samples_per_s": n / dt, "batches": i - warm, "seconds": dt}
 
 
+#: Source cases: name -> (data.source, data.repeats, data.synth_packing).
+CASES = {"atoms:1": ("atoms", 1, "dense"), "atoms:4": ("atoms", 4, "dense"),
+         "synth-dense:1": ("synth", 1, "dense"), "synth-dense:8": ("synth", 8, "dense"),
+         "synth-dense:16": ("synth", 16, "dense"), "synth-fast:8": ("synth", 8, "fast")}
+
+
 def run(args) -> dict:
     import phasenet  # noqa: F401  (first: cctbx import order)
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    data = None
+    if "source" not in args.skip and any(c.startswith("atoms") for c in args.cases):
+        # made before Keras (and JAX's threads) are imported: synth forks its workers
+        data = Path(args.data) if args.data else atoms_dataset(work / f"atoms_{args.atoms_n}.h5", args.atoms_n)
     import keras
 
     from phasenet.training.data import BatchSource
     from phasenet.training.onthefly import OnTheFlySource, prepare_sources
 
-    work = Path(args.workdir)
-    work.mkdir(parents=True, exist_ok=True)
     out = {"backend": keras.backend.backend(), "cpus": os.cpu_count(), "results": []}
 
     def note(kind, **r):
@@ -148,47 +159,52 @@ def run(args) -> dict:
         out["results"].append(r)
         print(json.dumps(r), file=sys.stderr, flush=True)
 
+    def case_config(case, workers, **extra):
+        source, repeats, packing = CASES[case]
+        over = {"data.source": source, "data.workers": workers, "data.repeats": repeats, **extra}
+        if source == "synth":
+            over["data.synth_packing"] = packing
+        return _config(over)
+
     if "train" not in args.skip:
         stored = write_stored(work / "stored_709.h5", args.stored_n)
-        cfg = _config({"data.in_memory": True, "data.path": str(stored)})
-        with BatchSource(stored, cfg, "train", shuffle=True) as src:
-            note("train_stored", model="709-1024-1024-709", samples_per_s=measure_training(cfg, src, args.epochs))
+        for batch in args.batch_sizes:
+            cfg = _config({"data.in_memory": True, "data.path": str(stored), "run.batch_size": batch})
+            with BatchSource(stored, cfg, "train", shuffle=True) as src:
+                note("train_stored", model="709-1024-1024-709", batch_size=batch,
+                     samples_per_s=measure_training(cfg, src, args.epochs))
 
     if "source" not in args.skip:
-        data = Path(args.data) if args.data else atoms_dataset(work / f"atoms_{args.atoms_n}.h5", args.atoms_n)
-        cases = [("atoms", {"data.repeats": 1}), ("synth", {"data.repeats": 8}),
-                 ("synth", {"data.repeats": 1})]
-        for source, extra in cases:
+        for case in args.cases:
             for workers in args.workers:
-                cfg = _config({"data.source": source, "data.workers": workers, **extra})
-                tr, _ = prepare_sources(cfg, data if source == "atoms" else None)
+                cfg = case_config(case, workers)
+                tr, _ = prepare_sources(cfg, data if cfg.data.source == "atoms" else None)
                 with OnTheFlySource(cfg, "train", shuffle=True, path=data, rows=tr) as src:
                     r = measure_source(src, args.seconds)
-                note("source", source=source, repeats=extra["data.repeats"], workers=workers, **r)
+                note("source", case=case, workers=workers, **r)
 
     if "end_to_end" not in args.skip:
         for workers in args.workers:
-            cfg = _config({"data.source": "synth", "data.workers": workers, "data.repeats": 8,
-                           "data.epoch_size": args.e2e_samples})
+            cfg = case_config(args.e2e_case, workers, **{"data.epoch_size": args.e2e_samples})
             with OnTheFlySource(cfg, "train", shuffle=True) as src:
-                note("train_onthefly", source="synth", repeats=8, workers=workers,
+                note("train_onthefly", case=args.e2e_case, workers=workers,
                      samples_per_s=measure_training(cfg, src, args.epochs))
 
     if "memory" not in args.skip and args.memory_structures:
-        cfg = _config({"data.source": "synth", "data.workers": 2, "data.repeats": 8,
-                       "data.synth_packing": args.memory_packing})
+        cfg = case_config(args.memory_case, 2)
         with OnTheFlySource(cfg, "train", shuffle=True) as src:
-            per_batch = src.per_batch
-            n_batches = -(-args.memory_structures // per_batch)
-            marks = sorted({max(1, int(n_batches * f)) for f in (0.02, 0.1, 0.25, 0.5, 0.75, 1.0)})
+            per_batch = cfg.run.batch_size / cfg.data.repeats  # new structures per batch
+            n_batches = int(-(-args.memory_structures // per_batch))
+            marks = sorted({max(1, int(n_batches * f)) for f in (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0)})
             t0 = time.perf_counter()
             for i in range(n_batches):
                 src.batch(i)
                 if i + 1 in marks:
                     pids = [os.getpid()] + [p.pid for p in src._reader.procs]
                     rss = [round(_rss_mb(p), 1) for p in pids]
-                    note("memory", structures=(i + 1) * per_batch, samples=(i + 1) * cfg.run.batch_size,
-                         rss_mb_main=rss[0], rss_mb_workers=rss[1:], seconds=round(time.perf_counter() - t0, 1))
+                    note("memory", case=args.memory_case, structures=int((i + 1) * per_batch),
+                         samples=(i + 1) * cfg.run.batch_size, rss_mb_main=rss[0], rss_mb_workers=rss[1:],
+                         seconds=round(time.perf_counter() - t0, 1))
     return out
 
 
@@ -198,6 +214,12 @@ def main(argv=None) -> int:
     p.add_argument("--backend", choices=["jax", "tensorflow"], default="jax")
     p.add_argument("--skip", nargs="*", default=[], choices=["train", "source", "end_to_end", "memory"])
     p.add_argument("--workers", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--cases", nargs="+", choices=list(CASES),
+                   default=["atoms:1", "atoms:4", "synth-dense:8", "synth-dense:16", "synth-fast:8"],
+                   help="source cases: SOURCE:REPEATS")
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[64], help="stored training batch sizes")
+    p.add_argument("--e2e-case", choices=list(CASES), default="synth-dense:16")
+    p.add_argument("--memory-case", choices=list(CASES), default="synth-fast:8")
     p.add_argument("--seconds", type=float, default=15.0, help="timed seconds per source measurement")
     p.add_argument("--epochs", type=int, default=3, help="training epochs per measurement (first not timed)")
     p.add_argument("--stored-n", type=int, default=7000, help="rows of the stored benchmark file")
@@ -205,7 +227,6 @@ def main(argv=None) -> int:
     p.add_argument("--atoms-n", type=int, default=300, help="structures of the atoms dataset made here")
     p.add_argument("--data", help="a phasenet synth/build dataset (709 reflections) for the atoms source")
     p.add_argument("--memory-structures", type=int, default=20000)
-    p.add_argument("--memory-packing", choices=["dense", "fast"], default="fast")
     p.add_argument("--workdir", default="/tmp/phasenet-bench-onthefly")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     args = p.parse_args(argv)

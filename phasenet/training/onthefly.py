@@ -25,15 +25,18 @@ and the mask), computed here by :class:`GridPlan` with the grid's symmetry data
 precomputed (tests hold it equal to ``network_input``). Labels: the sign of the shifted F
 (1: phase 0, 0: phase π) on the given reflections, -1 elsewhere.
 
-``data.repeats = R``: a batch of B samples holds B/R structures, each R times with its own
-draws (repeated augmentation): synthesis costs ~5-15 ms a structure, the rest ~0.2 ms a
-sample. Batch ``i`` is a pure function of (seed, i): its structures (for ``atoms`` the
-epoch's seeded permutation of the rows, as for stored data) and its draws
-(``np.random.default_rng([seed, tag, i])``), whoever computes it; ``data.workers``
-processes compute batches i, i+1, ... ahead into shared memory (the reader of
-:mod:`phasenet.training.data`), so a resumed run sees the batches an uninterrupted one did.
-Nothing is kept per structure: memory does not grow with the number of structures seen.
-The test split's batches are the same every epoch; kept in memory when small.
+``data.repeats = R``: each training structure gives R samples, each with its own draws,
+in different batches (synthesis costs ~5-15 ms a structure, the rest ~0.1 ms a sample):
+the structures are taken in pools of ``LANES`` lanes of ~512; a lane's structures, R
+times each, are shuffled into its batches, and the lanes' batches interleave, so a
+batch holds ~B different structures and a worker process, computing every
+LANES/workers-th batch, meets only its own lanes' structures and keeps their F₀ while
+their pool lasts (memory bounded by the pool, not by the stream). Batch ``i`` is a pure
+function of (seed, i): its structures and its draws (``np.random.default_rng([seed, tag,
+i])``), whoever computes it; ``data.workers`` processes compute batches i, i+1, ...
+ahead into shared memory (the reader of :mod:`phasenet.training.data`), so a resumed
+run sees the batches an uninterrupted one did. The test split (each structure once,
+the same batches every epoch) is kept in memory when small.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from phasenet.io.hdf5 import DatasetError, DatasetReader
-from phasenet.physics.wilson import default_shell_count, shells_of_equal_count
+from phasenet.physics.wilson import MAX_SHELLS, MIN_PER_SHELL
 from phasenet.reflections import canonical_hkl, friedel_representative, lookup, reciprocal_s2
 from phasenet.structure import AtomicModel, Structure
 from phasenet.symmetry import Symmetry, symmetry
@@ -57,6 +60,8 @@ RETRY_STRIDE = 1 << 44  # synth: a structure that cannot be made is replaced by 
 MAX_RETRIES = 20
 SYNTH_EPOCH = 51_200  # synth: training samples per epoch (data.epoch_size = 0)
 SYNTH_TEST = 1_024  # synth: test structures (data.max_test = 0)
+LANES = 16  # training batch i takes its structures from lane i mod LANES of its pool
+LANE_STRUCTURES = 512  # structures per lane (rounded up to a multiple of the batch size)
 TEST_CACHE_BYTES = 256 << 20  # the test split's batches are kept in memory below this size
 
 
@@ -142,23 +147,49 @@ class GridPlan:
         self.flips = np.ascontiguousarray((1 - 2 * parity).T.astype(np.float64))  # (K, R)
 
     def input(self, amplitude: np.ndarray, s2: np.ndarray, given: np.ndarray):
-        """(e2, mask) float32 on the grid for amplitudes ``amplitude`` given where ``given``
-        (already within d_min, no absences): :func:`phasenet.training.inputs.network_input`."""
-        e2 = np.zeros(len(self.hkl), dtype=np.float32)
-        n = int(given.sum())
-        if n == 0:
-            return e2, given.astype(np.float32)
-        # phasenet.physics.wilson.normalise_amplitudes (equal-count shells, no composition)
-        n_shells = default_shell_count(n)
-        shell = shells_of_equal_count(s2[given] / 4.0, n_shells)
-        i_eps = amplitude[given] ** 2 / self.eps_div[given]
-        counts = np.bincount(shell, minlength=n_shells)
-        mean_i = np.bincount(shell, weights=i_eps, minlength=n_shells) / np.maximum(counts, 1)
-        denom = mean_i[shell]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            v = np.where(denom > 0, i_eps / denom, 0.0)
-        e2[given] = np.sqrt(v) ** 2
-        return e2, given.astype(np.float32)
+        """(e2, mask) float32 (m, G) of m samples of this plan's group (``s2`` = 1/d², (G,))."""
+        given = np.atleast_2d(given)
+        return shell_input(np.atleast_2d(amplitude), np.broadcast_to(s2, given.shape), given,
+                           np.broadcast_to(self.eps_div, given.shape))
+
+
+def shell_input(amplitude: np.ndarray, s2: np.ndarray, given: np.ndarray, eps_div: np.ndarray):
+    """(e2, mask) float32 (m, G) for m samples, each row with its own amplitudes, 1/d²,
+    given reflections (within d_min, no absences) and epsilon factors: what
+    :func:`phasenet.training.inputs.network_input` gives (the equal-count shells of
+    :func:`phasenet.physics.wilson.normalise_amplitudes`, their edges computed as
+    ``np.quantile`` does), for all rows at once."""
+    m, g = given.shape
+    n = given.sum(axis=1)
+    n_shells = np.clip(n // MIN_PER_SHELL, 1, MAX_SHELLS)
+    stol2 = s2 / 4.0
+    ordered = np.sort(np.where(given, stol2, np.inf), axis=1)
+    # np.quantile(stol2[given], np.arange(1, n_shells) / n_shells), method "linear"
+    j = np.arange(1, MAX_SHELLS)
+    q = j[None, :] / n_shells[:, None]
+    valid = j[None, :] < n_shells[:, None]
+    virtual = (n - 1)[:, None] * q  # numpy's virtual index of the linear method
+    prev = np.floor(virtual)
+    gamma = virtual - prev
+    top = virtual >= (n - 1)[:, None]
+    lo = np.where(top, (n - 1)[:, None], prev.astype(np.int64))
+    hi = np.where(top, (n - 1)[:, None], lo + 1)
+    a = np.take_along_axis(ordered, np.clip(lo, 0, g - 1), axis=1)
+    b = np.take_along_axis(ordered, np.clip(hi, 0, g - 1), axis=1)
+    diff = b - a
+    edges = np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
+    edges = np.where(valid, edges, np.inf)
+    shell = (edges[:, None, :] <= stol2[:, :, None]).sum(axis=2)  # searchsorted, side right
+    with np.errstate(invalid="ignore"):
+        i_eps = np.where(given, amplitude**2 / eps_div, 0.0)
+    key = (np.arange(m)[:, None] * MAX_SHELLS + shell)[given]
+    counts = np.bincount(key, minlength=m * MAX_SHELLS)
+    sums = np.bincount(key, weights=i_eps[given], minlength=m * MAX_SHELLS)
+    mean_i = (sums / np.maximum(counts, 1)).reshape(m, MAX_SHELLS)
+    denom = np.take_along_axis(mean_i, shell, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v = np.where(given & (denom > 0), i_eps / denom, 0.0)
+    return (np.sqrt(v) ** 2).astype(np.float32), given.astype(np.float32)
 
 
 @lru_cache(maxsize=64)
@@ -196,40 +227,59 @@ class Samples:
     cell: np.ndarray  # (n, 6)
 
 
-def make_samples(structure: Structure, plan: GridPlan, draws: Draws, rows) -> Samples:
-    """Samples ``rows`` of ``draws`` of one structure (F computed once)."""
-    rows = list(rows)
-    own_u = np.isnan(draws.u_iso[rows[0]])
+@dataclass(frozen=True)
+class Prepared:
+    """One structure on the grid before the draws: F₀ (every U 0, or the model's own)."""
+
+    f0: np.ndarray  # (G,) float32
+    cell: tuple
+    plan: GridPlan
+
+
+def prepare(structure: Structure, plan: GridPlan, own_u: bool = False) -> Prepared:
     f0 = grid_structure_factors(structure if own_u else with_u_iso(structure, 0.0), plan)
-    s2 = reciprocal_s2(plan.hkl, structure.cell)
+    return Prepared(f0.astype(np.float32), tuple(float(c) for c in structure.cell), plan)
+
+
+def augment(prepared, draws: Draws, rows=None) -> Samples:
+    """Sample j from ``prepared[j]`` with the draws of row ``rows[j]`` (default j), all
+    at once: F = scale · exp(-2π² U s²) · (±1 of the origin shift) · F₀; the reflections
+    beyond d_min, absent or dropped are not given."""
+    rows = np.arange(len(prepared)) if rows is None else np.asarray(rows, dtype=np.int64)
+    m = len(rows)
+    s2_of = {}
+    for p in prepared:  # one s² per distinct cell
+        if p.cell not in s2_of:
+            s2_of[p.cell] = reciprocal_s2(p.plan.hkl, p.cell)
+    s2 = np.stack([s2_of[p.cell] for p in prepared])
     with np.errstate(divide="ignore"):
         d = 1.0 / np.sqrt(s2)
-    n, r = len(rows), len(plan.hkl)
-    out = Samples(np.zeros((n, r), np.float32), np.zeros((n, r), np.float32),
-                  np.full((n, r), -1.0, np.float32), np.zeros((n, r), np.float32),
-                  np.tile(np.asarray(structure.cell, np.float32), (n, 1)))
-    for j, row in enumerate(rows):
-        f = f0 * draws.scale[row]
-        if not own_u:
-            f = f * np.exp(-2.0 * np.pi**2 * draws.u_iso[row] * s2)
-        k = min(int(draws.shift[row] * len(plan.flips)), len(plan.flips) - 1)
-        f = f * plan.flips[k]
-        cand = plan.candidate.copy()
-        if not np.isnan(draws.d_min[row]):
-            cand &= d >= draws.d_min[row] - 1e-9  # as phasenet.reflections.resolution_mask
-        n_cand = int(cand.sum())
-        n_drop = int(round(draws.drop[row] * n_cand))
-        given = cand
-        if n_drop:
-            idx = np.flatnonzero(cand)
-            dropped = idx[np.argsort(draws.keys[row][idx], kind="stable")[:n_drop]]
-            given = cand.copy()
-            given[dropped] = False
-        amp = np.abs(f)
-        out.e2[j], out.mask[j] = plan.input(amp, s2, given)
-        out.sign[j] = np.where(given, np.where(f < 0, 0.0, 1.0), -1.0)
-        out.intensity_calc[j] = np.where(given, f * f, 0.0)
-    return out
+    f = np.stack([p.f0 for p in prepared]).astype(np.float64) * draws.scale[rows, None]
+    u = draws.u_iso[rows]
+    if not np.isnan(u).all():
+        f = f * np.exp(-2.0 * np.pi**2 * np.nan_to_num(u)[:, None] * s2)
+    k = [min(int(sh * len(p.plan.flips)), len(p.plan.flips) - 1) for sh, p in zip(draws.shift[rows], prepared)]
+    f = f * np.stack([p.plan.flips[kk] for p, kk in zip(prepared, k)])
+    d_min = draws.d_min[rows]
+    cut = np.where(np.isnan(d_min), -np.inf, d_min - 1e-9)  # as phasenet.reflections.resolution_mask
+    cand = np.stack([p.plan.candidate for p in prepared]) & (d >= cut[:, None])
+    n_drop = np.rint(draws.drop[rows] * cand.sum(axis=1)).astype(np.int64)
+    # the n_drop candidates with the smallest keys (ties: the first) are left out
+    order = np.argsort(np.where(cand, draws.keys[rows], 2.0), axis=1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.broadcast_to(np.arange(order.shape[1]), order.shape), axis=1)
+    given = cand & (rank >= n_drop[:, None])
+    e2, mask = shell_input(np.abs(f), s2, given, np.stack([p.plan.eps_div for p in prepared]))
+    return Samples(e2, mask, np.where(given, np.where(f < 0, 0.0, 1.0), -1.0).astype(np.float32),
+                   np.where(given, f * f, 0.0).astype(np.float32),
+                   np.array([p.cell for p in prepared], dtype=np.float32).reshape(m, 6))
+
+
+def make_samples(structure: Structure, plan: GridPlan, draws: Draws, rows) -> Samples:
+    """Samples ``rows`` of ``draws`` of one structure (U_iso NaN in the draws: its own U)."""
+    rows = list(rows)
+    p = prepare(structure, plan, own_u=bool(np.isnan(draws.u_iso[rows[0]])))
+    return augment([p] * len(rows), draws, rows)
 
 
 class _Atoms:
@@ -312,9 +362,17 @@ class OnTheFlySource:
     :class:`phasenet.training.data.BatchSource`: ``batch``, ``compute_batch``, ``start``,
     ``close``, ``steps_per_epoch``; wrapped for Keras by ``keras_dataset``).
 
-    ``shuffle=True``: the endless training stream; ``False``: the test split, the same
-    batches every epoch (the last one may be short). ``x`` is ``{"intensity": e2, "mask":
-    mask}`` (+ ``"cell"`` with model.cell_input), ``y`` the (B, R, 3) sign target.
+    ``shuffle=True``: the endless training stream. Its structures (synth indices 0, 1, ...;
+    for ``atoms`` the rows in a seeded permutation per pass) are taken in pools of
+    ``LANES`` lanes of ``lane_size`` structures; a lane's structures, each ``repeats``
+    times, are shuffled (seeded by (seed, pool, lane)) into ``lane_size · repeats / B``
+    batches, and the lanes' batches interleave (batch i belongs to lane i mod LANES). So a
+    batch holds ~B different structures, and a worker process that computes every
+    LANES/workers-th batch sees the structures of its own lanes only: it keeps their F₀
+    for the pool (workers should divide LANES = 16). ``shuffle=False``: the test split,
+    each structure once, the same batches every epoch (the last one may be short).
+    ``x`` is ``{"intensity": e2, "mask": mask}`` (+ ``"cell"`` with model.cell_input),
+    ``y`` the (B, R, 3) sign target.
     """
 
     input_mask = True  # the reader's slots carry the mask
@@ -328,12 +386,12 @@ class OnTheFlySource:
         self.task = "sign"
         self.seed = cfg.run.seed
         self.batch_size = cfg.run.batch_size
-        self.repeats = d.repeats
-        self.per_batch = self.batch_size // self.repeats  # structures per batch
+        self.repeats = d.repeats if shuffle else 1
         self.transform = d.input_transform
         self.cell_input = cfg.model.cell_input
         self.weight_source = cfg.loss.weight_source
         self.aug = augmentation or Augmentation.from_config(d)
+        self.own_u = not self.aug.u_iso
         self.max_index, self.r2_max = d.max_index, cfg.r2_max_or_none()
         self.hkl = canonical_hkl(self.max_index, self.r2_max)
         self.n_reflections = len(self.hkl)
@@ -343,75 +401,105 @@ class OnTheFlySource:
             if self.path is None:
                 raise OnTheFlyError('data.source = "atoms" needs a dataset: give --data or data.path')
             self.rows = np.asarray(rows)
-            self.n = len(self.rows)
+            self.n = len(self.rows)  # structures
+            if self.n == 0:
+                raise OnTheFlyError(f"{self.path}: no {split} structures with sign labels")
         else:
             self.options = synth_options(cfg)
             for g in self.options.space_groups:
                 grid_plan(self.max_index, self.r2_max, symmetry(g))  # a group without labels: now
             self.rows = None
-            if shuffle:
-                self.n = (d.epoch_size or SYNTH_EPOCH)
-            else:
-                self.n = d.max_test or SYNTH_TEST
+            self.n = (d.epoch_size or SYNTH_EPOCH) if shuffle else (d.max_test or SYNTH_TEST)  # samples
+        b = self.batch_size
+        self.lane_size = b * -(-LANE_STRUCTURES // b)  # structures per lane (a multiple of B)
+        self.lane_batches = self.lane_size * self.repeats // b
         if shuffle:
-            self.steps_per_epoch = max(1, (self.n * (1 if self.kind == "synth" else self.repeats))
-                                       // self.batch_size)
+            samples = self.n if self.kind == "synth" else self.n * self.repeats
+            self.steps_per_epoch = max(1, samples // b)
         else:
-            self.steps_per_epoch = -(-self.n // self.per_batch)
+            self.steps_per_epoch = -(-self.n // b)
         self.workers = d.workers
         self.use_process = d.workers > 0
         self._reader = None
         self._atoms = None
-        self._cache = {} if (not shuffle and self._test_bytes() <= TEST_CACHE_BYTES) else None
-
-    def _test_bytes(self) -> int:
-        return self.n * self.repeats * self.n_reflections * 5 * 4
+        self._prepared: dict = {}  # structure key -> (pool, Prepared): this worker's lanes
+        self._perms: dict = {}
+        self._cache = {} if (not shuffle and self.n * self.n_reflections * 5 * 4 <= TEST_CACHE_BYTES) else None
 
     # -- which structures --------------------------------------------------------------
     def epoch_order(self, epoch: int) -> np.ndarray:
-        """atoms: positions into the rows in the order epoch ``epoch`` visits them."""
-        if not self.shuffle:
-            return np.arange(self.n)
+        """atoms: the rows' positions in the order pass ``epoch`` takes them."""
         return np.random.default_rng([self.seed, 104729, epoch]).permutation(self.n)
 
+    def _perm(self, pool: int, lane: int) -> np.ndarray:
+        key = (pool, lane)
+        if key not in self._perms:
+            if len(self._perms) > 4 * LANES:
+                self._perms.clear()
+            rng = np.random.default_rng([self.seed, 15485863, pool, lane])
+            self._perms[key] = rng.permutation(self.lane_size * self.repeats)
+        return self._perms[key]
+
+    def batch_positions(self, i: int) -> tuple[int, np.ndarray]:
+        """(pool, positions in the structure stream of batch ``i``'s samples)."""
+        i, b = int(i), self.batch_size
+        if not self.shuffle:
+            return 0, np.arange(i * b, min((i + 1) * b, self.n), dtype=np.int64)
+        pool, r = divmod(i, LANES * self.lane_batches)
+        lane, j = r % LANES, r // LANES
+        slots = self._perm(pool, lane)[j * b:(j + 1) * b]
+        return pool, (pool * LANES + lane) * self.lane_size + slots // self.repeats
+
     def batch_keys(self, i: int) -> np.ndarray:
-        """The structures of batch ``i``: positions into the rows (atoms) or synth indices."""
-        i = int(i)
+        """The structure of each sample of batch ``i``: synth indices (test:
+        TEST_INDEX_OFFSET + k), or positions into ``rows`` (atoms)."""
+        _, pos = self.batch_positions(i)
         if self.kind == "synth":
-            if self.shuffle:
-                return np.arange(i * self.per_batch, (i + 1) * self.per_batch, dtype=np.int64)
-            lo = i * self.per_batch
-            return TEST_INDEX_OFFSET + np.arange(lo, min(lo + self.per_batch, self.n), dtype=np.int64)
-        if self.shuffle:
-            epoch, step = divmod(i, self.steps_per_epoch)
-            per_epoch = self.n // self.per_batch if self.n >= self.per_batch else 1
-            order = self.epoch_order(epoch)
-            step %= per_epoch
-            return order[step * self.per_batch:(step + 1) * self.per_batch]
-        return np.arange(i * self.per_batch, min((i + 1) * self.per_batch, self.n))
+            return pos if self.shuffle else TEST_INDEX_OFFSET + pos
+        if not self.shuffle:
+            return pos
+        epochs, at = np.divmod(pos, self.n)
+        out = np.empty_like(pos)
+        for e in np.unique(epochs):
+            sel = epochs == e
+            out[sel] = self.epoch_order(int(e))[at[sel]]
+        return out
 
     def structure(self, key: int) -> Structure:
         if self.kind == "synth":
             return synth_structure(int(key), self.options)
         if self._atoms is None:
-            self._atoms = _Atoms(self.path, self.rows, own_u=not self.aug.u_iso)
+            self._atoms = _Atoms(self.path, self.rows, own_u=self.own_u)
         return self._atoms.structure(int(key))
+
+    def prepared(self, key: int, pool: int = 0) -> Prepared:
+        """F₀ of structure ``key``, kept while its pool is current (or the one before)."""
+        key = int(key)
+        hit = self._prepared.get(key)
+        if hit is None:
+            s = self.structure(key)
+            hit = (pool, prepare(s, grid_plan(self.max_index, self.r2_max, symmetry(s.symops)), self.own_u))
+        self._prepared[key] = (max(pool, hit[0]), hit[1])
+        return hit[1]
+
+    def _evict(self, pool: int):
+        old = [k for k, (p, _) in self._prepared.items() if p < pool - 1]
+        for k in old:
+            del self._prepared[k]
 
     def draws(self, i: int, n: int | None = None) -> Draws:
         """The draws of batch ``i`` (a pure function of (seed, split, i))."""
-        n = len(self.batch_keys(i)) * self.repeats if n is None else n
+        n = len(self.batch_keys(i)) if n is None else n
         return draw(self.aug, n, self.n_reflections, np.random.default_rng([self.seed, self.tag, int(i)]))
 
     def samples(self, i: int) -> Samples:
+        pool, _ = self.batch_positions(i)
         keys = self.batch_keys(i)
-        draws = self.draws(i, len(keys) * self.repeats)
-        parts = []
-        for j, key in enumerate(keys):
-            s = self.structure(key)
-            plan = grid_plan(self.max_index, self.r2_max, symmetry(s.symops))
-            parts.append(make_samples(s, plan, draws, range(j * self.repeats, (j + 1) * self.repeats)))
-        return Samples(*(np.concatenate([getattr(p, f.name) for p in parts])
-                         for f in dataclasses.fields(Samples)))
+        if not self.shuffle:  # each test structure once: nothing to keep
+            self._prepared.clear()
+        self._evict(pool)
+        prepared = [self.prepared(k, pool) for k in keys]
+        return augment(prepared, self.draws(i, len(keys)))
 
     # -- batches -----------------------------------------------------------------------
     def compute_batch(self, i: int):
@@ -467,9 +555,9 @@ class OnTheFlySource:
     def __exit__(self, *exc):
         self.close()
 
-    def __getstate__(self):  # what a worker process gets: no reader, cache or loaded atoms
+    def __getstate__(self):  # what a worker process gets: no reader, caches or loaded atoms
         state = dict(self.__dict__)
-        state.update(_reader=None, _atoms=None, _cache=None, use_process=False)
+        state.update(_reader=None, _atoms=None, _cache=None, _prepared={}, _perms={}, use_process=False)
         return state
 
 

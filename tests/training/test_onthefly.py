@@ -87,18 +87,33 @@ def test_batch_is_a_function_of_seed_and_index_in_process_and_in_worker_processe
 
 
 def test_test_split_is_held_apart_fixed_and_cached(synth_h5):
-    cfg = _cfg(repeats=2, max_test=10)
+    cfg = _cfg(repeats=2, max_test=20)
     cfg.data.workers = 1
     train = OnTheFlySource(cfg, "train", shuffle=True)
     with OnTheFlySource(cfg, "test", shuffle=False) as test:
-        assert test.steps_per_epoch == 2 and list(test.batch_keys(1)) == [TEST_INDEX_OFFSET + k for k in range(8, 10)]
+        assert test.steps_per_epoch == 2  # each test structure once
+        assert list(test.batch_keys(1)) == [TEST_INDEX_OFFSET + k for k in range(16, 20)]
         assert test.batch_keys(0).min() > train.batch_keys(10 ** 6).max()  # never a training structure
         first = [test.batch(i) for i in range(test.steps_per_epoch)]
-        assert len(first[1][1]) == 4  # the last batch is short: 2 structures x 2 repeats
+        assert len(first[1][1]) == 4  # the last batch is short
         assert test._reader is None  # every test batch is in memory: the workers are gone
         again = [test.batch(i) for i in range(test.steps_per_epoch)]
     assert all(_same(p, q) for p, q in zip(first, again))
-    assert _same(first[0], OnTheFlySource(_cfg(repeats=2, max_test=10), "test", shuffle=False).compute_batch(0))
+    assert _same(first[0], OnTheFlySource(_cfg(repeats=2, max_test=20), "test", shuffle=False).compute_batch(0))
+
+
+def test_each_structure_gives_repeats_samples_spread_over_many_batches():
+    cfg = _cfg(repeats=4, batch_size=16)
+    src = OnTheFlySource(cfg, "train", shuffle=True)
+    lanes, per_lane = 16, src.lane_size
+    keys = np.concatenate([src.batch_keys(i) for i in range(lanes * src.lane_batches)])  # one pool
+    assert np.array_equal(np.bincount(keys), np.full(lanes * per_lane, 4))  # every structure 4 times
+    for i in range(40):
+        k = src.batch_keys(i)
+        assert len(np.unique(k)) >= 12  # ~16 different structures per batch
+        assert np.all(k // per_lane == i % lanes)  # batch i: lane i mod 16 only
+    nxt = src.batch_keys(lanes * src.lane_batches)  # the next pool: new structures
+    assert nxt.min() >= lanes * per_lane
 
 
 # ---- what is drawn ------------------------------------------------------------------------
@@ -149,20 +164,25 @@ def test_each_sample_carries_its_draws(synth_h5):
 # ---- structure factors and input ----------------------------------------------------------
 def test_without_augmentation_the_stored_structure_factors_come_back(synth_h5):
     """atoms source, nothing drawn: |F|² and signs equal the dataset's (written by phasenet synth)."""
-    src = _atoms_source(synth_h5, augmentation=Augmentation.off(), batch_size=8)
     with h5py.File(synth_h5) as h5:
         calc, sign = h5["intensity_calc"][...], h5["sign"][...]
-    checked = 0
-    for i in range(src.steps_per_epoch):
-        x, y = src.compute_batch(i)
-        rows = src.rows[src.batch_keys(i)]
-        given = y[..., 0] >= 0
-        assert np.array_equal(given, sign[rows] >= 0)  # every reflection but the absences
-        np.testing.assert_allclose(y[..., 2][given], calc[rows][given], rtol=2e-5,
-                                   atol=1e-6 * calc[rows].max())
-        assert np.array_equal(y[..., 0][given], sign[rows][given].astype(np.float32))
-        checked += len(rows)
-    assert checked == len(src.rows) - len(src.rows) % 8
+    for split in ("test", "train"):
+        src = _atoms_source(synth_h5, split, augmentation=Augmentation.off(), batch_size=8)
+        seen = []
+        for i in range(src.steps_per_epoch if split == "test" else 6):
+            x, y = src.compute_batch(i)
+            rows = src.rows[src.batch_keys(i)]
+            given = y[..., 0] >= 0
+            assert np.array_equal(given, sign[rows] >= 0)  # every reflection but the absences
+            np.testing.assert_allclose(y[..., 2][given], calc[rows][given], rtol=2e-5,
+                                       atol=1e-6 * calc[rows].max())
+            assert np.array_equal(y[..., 0][given], sign[rows][given].astype(np.float32))
+            seen += list(rows)
+        if split == "test":  # each test structure once, in order
+            assert seen == list(src.rows)
+        else:  # the training stream: passes over the rows in seeded orders
+            keys = np.concatenate([src.batch_keys(i) for i in range(200)])
+            assert set(keys) == set(range(len(src.rows)))
 
 
 def test_synth_source_structures_are_those_of_phasenet_synth(synth_h5):
@@ -185,7 +205,7 @@ def test_synth_source_structures_are_those_of_phasenet_synth(synth_h5):
 def test_network_input_is_that_of_phasenet_training_inputs(synth_h5):
     src = _atoms_source(synth_h5)  # default draws: U, d_min 0.8-2.5, 0-15 % dropped, origin, scale
     n = 0
-    for i in range(3):
+    for i in range(6):
         x, y = src.compute_batch(i)
         for j, key in enumerate(src.batch_keys(i)):
             s = src.structure(key)
@@ -194,7 +214,7 @@ def test_network_input_is_that_of_phasenet_training_inputs(synth_h5):
             assert np.array_equal(ref.mask, x["mask"][j])
             np.testing.assert_allclose(x["intensity"][j], ref.e2, rtol=1e-5, atol=1e-6)
             n += 1
-    assert n == 48
+    assert n == 96
 
 
 def test_origin_shift_keeps_the_invariant_loss_and_changes_the_fixed_labels(synth_h5):
@@ -256,8 +276,8 @@ def test_config_keys_are_checked():
         config_from_dict({"data": {"d_min": [1.0, 2.0]}})
     with pytest.raises(ConfigError, match=r"data.drop = \[0.3, 0.1\]: must have lo <= hi"):
         config_from_dict({"data": {"source": "synth", "drop": [0.3, 0.1]}})
-    with pytest.raises(ConfigError, match="multiple of data.repeats"):
-        config_from_dict({"run": {"batch_size": 10}, "data": {"source": "synth", "repeats": 4}})
+    with pytest.raises(ConfigError, match="data.repeats = 0: must be >= 1"):
+        config_from_dict({"data": {"source": "synth", "repeats": 0}})
     with pytest.raises(ConfigError, match="unknown key 'data.dmin'"):
         config_from_dict({"data": {"source": "synth", "dmin": [1, 2]}})
     cfg = config_from_dict({"data": {"source": "atoms", "u_iso": [], "d_min": []}})
