@@ -148,6 +148,7 @@ def run(args) -> dict:
         # made before Keras (and JAX's threads) are imported: synth forks its workers
         data = Path(args.data) if args.data else atoms_dataset(work / f"atoms_{args.atoms_n}.h5", args.atoms_n)
     import keras
+    import numpy as np
 
     from phasenet.training.data import BatchSource
     from phasenet.training.onthefly import OnTheFlySource, prepare_sources
@@ -179,6 +180,10 @@ def run(args) -> dict:
             for workers in args.workers:
                 cfg = case_config(case, workers)
                 tr, _ = prepare_sources(cfg, data if cfg.data.source == "atoms" else None)
+                if tr is not None:  # as many structures as a large dataset: every F₀ new (the
+                    # source keeps F₀ for a pool of 16 x 512 structures; a small dataset's rows
+                    # would come back within one pool and be computed once)
+                    tr = np.tile(tr, -(-args.atoms_positions // len(tr)))
                 with OnTheFlySource(cfg, "train", shuffle=True, path=data, rows=tr) as src:
                     r = measure_source(src, args.seconds)
                 note("source", case=case, workers=workers, **r)
@@ -226,6 +231,8 @@ def main(argv=None) -> int:
     p.add_argument("--e2e-samples", type=int, default=6400, help="samples per end-to-end epoch")
     p.add_argument("--atoms-n", type=int, default=300, help="structures of the atoms dataset made here")
     p.add_argument("--data", help="a phasenet synth/build dataset (709 reflections) for the atoms source")
+    p.add_argument("--atoms-positions", type=int, default=20000,
+                   help="atoms source: the split's rows repeated to this many structures")
     p.add_argument("--memory-structures", type=int, default=20000)
     p.add_argument("--workdir", default="/tmp/phasenet-bench-onthefly")
     p.add_argument("--json", action="store_true", help="print the results as JSON")

@@ -21,17 +21,18 @@ library's :func:`~phasenet.physics.structure_factors.structure_factors`), then p
 F = scale · exp(-2π² U s²) · exp(2πi h·t) · F₀ (exact: one U for all atoms factors out).
 The network is shown what a measurement gives, :func:`phasenet.training.inputs.network_input`
 of the given amplitudes (|E|² by equal-count shells over the given reflections, 0 elsewhere,
-and the mask), computed here by :class:`GridPlan` with the grid's symmetry data
-precomputed (tests hold it equal to ``network_input``). Labels: the sign of the shifted F
+and the mask), computed here for a whole batch at once by :func:`shell_input` with the
+grid's symmetry data precomputed in a :class:`GridPlan` (tests hold it equal to
+``network_input``). Labels: the sign of the shifted F
 (1: phase 0, 0: phase π) on the given reflections, -1 elsewhere.
 
 ``data.repeats = R``: each training structure gives R samples, each with its own draws,
 in different batches (synthesis costs ~5-15 ms a structure, the rest ~0.1 ms a sample):
-the structures are taken in pools of ``LANES`` lanes of ~512; a lane's structures, R
-times each, are shuffled into its batches, and the lanes' batches interleave, so a
-batch holds ~B different structures and a worker process, computing every
-LANES/workers-th batch, meets only its own lanes' structures and keeps their F₀ while
-their pool lasts (memory bounded by the pool, not by the stream). Batch ``i`` is a pure
+every batch of B holds B different structures, B/R of them new and the others met
+D·LANES, 2·D·LANES, ... batches before (:meth:`OnTheFlySource.batch_positions`), so the cost
+per batch is steady; worker process w, computing every ``workers``-th batch, meets only
+the lanes ≡ w (mod workers) and keeps their structures' F₀ until their last use
+(memory bounded by LANES · B · D structures, not by the stream). Batch ``i`` is a pure
 function of (seed, i): its structures and its draws (``np.random.default_rng([seed, tag,
 i])``), whoever computes it; ``data.workers`` processes compute batches i, i+1, ...
 ahead into shared memory (the reader of :mod:`phasenet.training.data`), so a resumed
@@ -60,8 +61,8 @@ RETRY_STRIDE = 1 << 44  # synth: a structure that cannot be made is replaced by 
 MAX_RETRIES = 20
 SYNTH_EPOCH = 51_200  # synth: training samples per epoch (data.epoch_size = 0)
 SYNTH_TEST = 1_024  # synth: test structures (data.max_test = 0)
-LANES = 16  # training batch i takes its structures from lane i mod LANES of its pool
-LANE_STRUCTURES = 512  # structures per lane (rounded up to a multiple of the batch size)
+LANES = 16  # training batch i takes its structures from lane i mod LANES
+LANE_STRUCTURES = 512  # a lane's structures in use at a time (spacing = this / batch size)
 TEST_CACHE_BYTES = 256 << 20  # the test split's batches are kept in memory below this size
 
 
@@ -362,15 +363,15 @@ class OnTheFlySource:
     :class:`phasenet.training.data.BatchSource`: ``batch``, ``compute_batch``, ``start``,
     ``close``, ``steps_per_epoch``; wrapped for Keras by ``keras_dataset``).
 
-    ``shuffle=True``: the endless training stream. Its structures (synth indices 0, 1, ...;
-    for ``atoms`` the rows in a seeded permutation per pass) are taken in pools of
-    ``LANES`` lanes of ``lane_size`` structures; a lane's structures, each ``repeats``
-    times, are shuffled (seeded by (seed, pool, lane)) into ``lane_size · repeats / B``
-    batches, and the lanes' batches interleave (batch i belongs to lane i mod LANES). So a
-    batch holds ~B different structures, and a worker process that computes every
-    LANES/workers-th batch sees the structures of its own lanes only: it keeps their F₀
-    for the pool (workers should divide LANES = 16). ``shuffle=False``: the test split,
-    each structure once, the same batches every epoch (the last one may be short).
+    ``shuffle=True``: the endless training stream of structures (synth indices 0, 1, ...;
+    for ``atoms`` the rows in a seeded permutation per pass). Batch i belongs to lane
+    i mod LANES, as its j = i // LANES-th batch; with R = ``repeats`` and c = B/R, lane
+    batch j holds the c structures the lane introduces at j and those it introduced at
+    j - D, j - 2D, ..., j - (R-1)D (D = ``spacing``): B different structures, c of them
+    new, each structure used R times, D·LANES batches apart. A worker process computing
+    every ``workers``-th batch meets only its own lanes and keeps their structures' F₀
+    until their last use (workers should divide LANES = 16). ``shuffle=False``: the test
+    split, each structure once, the same batches every epoch (the last one may be short).
     ``x`` is ``{"intensity": e2, "mask": mask}`` (+ ``"cell"`` with model.cell_input),
     ``y`` the (B, R, 3) sign target.
     """
@@ -411,8 +412,10 @@ class OnTheFlySource:
             self.rows = None
             self.n = (d.epoch_size or SYNTH_EPOCH) if shuffle else (d.max_test or SYNTH_TEST)  # samples
         b = self.batch_size
-        self.lane_size = b * -(-LANE_STRUCTURES // b)  # structures per lane (a multiple of B)
-        self.lane_batches = self.lane_size * self.repeats // b
+        if shuffle and b % self.repeats:
+            raise OnTheFlyError(f"run.batch_size = {b} must be a multiple of data.repeats = {self.repeats}")
+        self.per_batch = b // self.repeats  # new structures per training batch
+        self.spacing = max(1, -(-LANE_STRUCTURES // b))  # D: lane batches between two uses
         if shuffle:
             samples = self.n if self.kind == "synth" else self.n * self.repeats
             self.steps_per_epoch = max(1, samples // b)
@@ -422,8 +425,7 @@ class OnTheFlySource:
         self.use_process = d.workers > 0
         self._reader = None
         self._atoms = None
-        self._prepared: dict = {}  # structure key -> (pool, Prepared): this worker's lanes
-        self._perms: dict = {}
+        self._prepared: dict = {}  # structure key -> (lane, last lane batch, Prepared)
         self._cache = {} if (not shuffle and self.n * self.n_reflections * 5 * 4 <= TEST_CACHE_BYTES) else None
 
     # -- which structures --------------------------------------------------------------
@@ -431,29 +433,21 @@ class OnTheFlySource:
         """atoms: the rows' positions in the order pass ``epoch`` takes them."""
         return np.random.default_rng([self.seed, 104729, epoch]).permutation(self.n)
 
-    def _perm(self, pool: int, lane: int) -> np.ndarray:
-        key = (pool, lane)
-        if key not in self._perms:
-            if len(self._perms) > 4 * LANES:
-                self._perms.clear()
-            rng = np.random.default_rng([self.seed, 15485863, pool, lane])
-            self._perms[key] = rng.permutation(self.lane_size * self.repeats)
-        return self._perms[key]
-
-    def batch_positions(self, i: int) -> tuple[int, np.ndarray]:
-        """(pool, positions in the structure stream of batch ``i``'s samples)."""
+    def batch_positions(self, i: int) -> tuple[int, int, np.ndarray]:
+        """(lane, lane batch j, positions in the structure stream of batch ``i``'s samples)."""
         i, b = int(i), self.batch_size
         if not self.shuffle:
-            return 0, np.arange(i * b, min((i + 1) * b, self.n), dtype=np.int64)
-        pool, r = divmod(i, LANES * self.lane_batches)
-        lane, j = r % LANES, r // LANES
-        slots = self._perm(pool, lane)[j * b:(j + 1) * b]
-        return pool, (pool * LANES + lane) * self.lane_size + slots // self.repeats
+            return 0, i, np.arange(i * b, min((i + 1) * b, self.n), dtype=np.int64)
+        lane, j = i % LANES, i // LANES
+        r, c = self.repeats, self.per_batch
+        groups = j - self.spacing * np.arange(r, dtype=np.int64) + (r - 1) * self.spacing  # >= 0
+        pos = (groups[:, None] * LANES + lane) * c + np.arange(c, dtype=np.int64)[None, :]
+        return lane, j, pos.reshape(-1)
 
     def batch_keys(self, i: int) -> np.ndarray:
         """The structure of each sample of batch ``i``: synth indices (test:
         TEST_INDEX_OFFSET + k), or positions into ``rows`` (atoms)."""
-        _, pos = self.batch_positions(i)
+        _, _, pos = self.batch_positions(i)
         if self.kind == "synth":
             return pos if self.shuffle else TEST_INDEX_OFFSET + pos
         if not self.shuffle:
@@ -472,18 +466,21 @@ class OnTheFlySource:
             self._atoms = _Atoms(self.path, self.rows, own_u=self.own_u)
         return self._atoms.structure(int(key))
 
-    def prepared(self, key: int, pool: int = 0) -> Prepared:
-        """F₀ of structure ``key``, kept while its pool is current (or the one before)."""
+    def prepared(self, key: int, lane: int = 0, last: int = -1) -> Prepared:
+        """F₀ of structure ``key``, kept until lane batch ``last`` of ``lane`` is done."""
         key = int(key)
         hit = self._prepared.get(key)
         if hit is None:
             s = self.structure(key)
-            hit = (pool, prepare(s, grid_plan(self.max_index, self.r2_max, symmetry(s.symops)), self.own_u))
-        self._prepared[key] = (max(pool, hit[0]), hit[1])
-        return hit[1]
+            prep = prepare(s, grid_plan(self.max_index, self.r2_max, symmetry(s.symops)), self.own_u)
+        else:
+            prep = hit[2]
+        if last >= 0:
+            self._prepared[key] = (lane, max(last, hit[1] if hit else -1), prep)
+        return prep
 
-    def _evict(self, pool: int):
-        old = [k for k, (p, _) in self._prepared.items() if p < pool - 1]
+    def _evict(self, lane: int, j: int):
+        old = [k for k, (ln, last, _) in self._prepared.items() if ln == lane and last < j]
         for k in old:
             del self._prepared[k]
 
@@ -493,12 +490,16 @@ class OnTheFlySource:
         return draw(self.aug, n, self.n_reflections, np.random.default_rng([self.seed, self.tag, int(i)]))
 
     def samples(self, i: int) -> Samples:
-        pool, _ = self.batch_positions(i)
+        lane, j, pos = self.batch_positions(i)
         keys = self.batch_keys(i)
-        if not self.shuffle:  # each test structure once: nothing to keep
-            self._prepared.clear()
-        self._evict(pool)
-        prepared = [self.prepared(k, pool) for k in keys]
+        if self.shuffle:
+            self._evict(lane, j)
+            # the group of each sample (pos // c // LANES) is used last at lane batch group + 0
+            # in shifted terms: group index g (>= 0) of the stream is in use at g - (R-1)D ... g
+            last = pos // self.per_batch // LANES
+            prepared = [self.prepared(k, lane, int(t)) for k, t in zip(keys, last)]
+        else:  # each test structure once: nothing to keep
+            prepared = [self.prepared(k) for k in keys]
         return augment(prepared, self.draws(i, len(keys)))
 
     # -- batches -----------------------------------------------------------------------
@@ -557,7 +558,7 @@ class OnTheFlySource:
 
     def __getstate__(self):  # what a worker process gets: no reader, caches or loaded atoms
         state = dict(self.__dict__)
-        state.update(_reader=None, _atoms=None, _cache=None, _prepared={}, _perms={}, use_process=False)
+        state.update(_reader=None, _atoms=None, _cache=None, _prepared={}, use_process=False)
         return state
 
 

@@ -105,15 +105,33 @@ def test_test_split_is_held_apart_fixed_and_cached(synth_h5):
 def test_each_structure_gives_repeats_samples_spread_over_many_batches():
     cfg = _cfg(repeats=4, batch_size=16)
     src = OnTheFlySource(cfg, "train", shuffle=True)
-    lanes, per_lane = 16, src.lane_size
-    keys = np.concatenate([src.batch_keys(i) for i in range(lanes * src.lane_batches)])  # one pool
-    assert np.array_equal(np.bincount(keys), np.full(lanes * per_lane, 4))  # every structure 4 times
-    for i in range(40):
-        k = src.batch_keys(i)
-        assert len(np.unique(k)) >= 12  # ~16 different structures per batch
-        assert np.all(k // per_lane == i % lanes)  # batch i: lane i mod 16 only
-    nxt = src.batch_keys(lanes * src.lane_batches)  # the next pool: new structures
-    assert nxt.min() >= lanes * per_lane
+    lanes, spacing, c = 16, src.spacing, 4  # c = 16 / 4 new structures per batch
+    n_batches = lanes * 8 * spacing
+    keys = [src.batch_keys(i) for i in range(n_batches)]
+    seen, first_use = set(), {}
+    warm = 3 * spacing * lanes  # (R - 1)·D lane batches: the earlier groups are new too
+    for i, k in enumerate(keys):
+        assert len(np.unique(k)) == 16  # B different structures in every batch
+        assert np.all(k // c % lanes == i % lanes)  # batch i: lane i mod 16 only
+        new = set(k.tolist()) - seen
+        assert len(new) == c if i >= warm else len(new) >= c  # a steady c new ones
+        seen |= new
+        for key in k.tolist():
+            first_use.setdefault(key, i)
+    counts = np.bincount(np.concatenate(keys))
+    # structures first met after the start and early enough for all their uses: 4 uses,
+    # spaced spacing·16 batches apart
+    full = [key for key, i in first_use.items() if warm <= i < n_batches - warm]
+    assert len(full) > 100 and all(counts[key] == 4 for key in full)
+    key = full[0]
+    uses = [i for i, k in enumerate(keys) if key in k]
+    assert np.all(np.diff(uses) == spacing * lanes)
+    # a worker computing every other batch keeps only its lanes' structures, and not forever
+    src.workers = 2
+    for i in range(0, n_batches, 2):
+        src.samples(i) if i < 64 else None
+    lanes_kept = {ln for ln, _, _ in src._prepared.values()}
+    assert lanes_kept <= set(range(0, 16, 2)) and len(src._prepared) <= 8 * 16 * spacing
 
 
 # ---- what is drawn ------------------------------------------------------------------------
@@ -276,6 +294,10 @@ def test_config_keys_are_checked():
         config_from_dict({"data": {"d_min": [1.0, 2.0]}})
     with pytest.raises(ConfigError, match=r"data.drop = \[0.3, 0.1\]: must have lo <= hi"):
         config_from_dict({"data": {"source": "synth", "drop": [0.3, 0.1]}})
+    from phasenet.training.onthefly import OnTheFlyError
+
+    with pytest.raises(OnTheFlyError, match="must be a multiple of data.repeats"):
+        OnTheFlySource(_cfg(repeats=3), "train", shuffle=True)
     with pytest.raises(ConfigError, match="data.repeats = 0: must be >= 1"):
         config_from_dict({"data": {"source": "synth", "repeats": 0}})
     with pytest.raises(ConfigError, match="unknown key 'data.dmin'"):
