@@ -95,8 +95,8 @@ def _config(overrides: dict):
     return apply_overrides(TrainConfig(), list({**STUDY, **overrides}.items()))
 
 
-def measure_training(cfg, src, epochs: int) -> float:
-    """samples/s of model.fit over epochs 2..N (the first compiles)."""
+def measure_training(cfg, src, epochs: int, start_batch: int = 0) -> float:
+    """samples/s of model.fit over epochs 2..N (the first compiles), from batch ``start_batch``."""
     import keras
 
     from phasenet.training import losses  # noqa: F401
@@ -114,9 +114,16 @@ def measure_training(cfg, src, epochs: int) -> float:
         def on_epoch_end(self, epoch, logs=None):
             times.append(time.perf_counter() - self.t)
 
-    model.fit(keras_dataset(src), epochs=epochs, steps_per_epoch=src.steps_per_epoch,
+    model.fit(keras_dataset(src, start_batch=start_batch), epochs=epochs, steps_per_epoch=src.steps_per_epoch,
               callbacks=[Timer()], verbose=0, shuffle=False)
     return src.steps_per_epoch * cfg.run.batch_size * (len(times) - 1) / sum(times[1:])
+
+
+def warm_up_batches(src) -> int:
+    """Batches before a stream's cost per batch is steady: (R - 1)·D·LANES."""
+    from phasenet.training.onthefly import LANES
+
+    return (src.repeats - 1) * src.spacing * LANES
 
 
 def measure_source(src, seconds: float, warm: int = 4) -> dict:
@@ -185,15 +192,18 @@ def run(args) -> dict:
                     # would come back within one pool and be computed once)
                     tr = np.tile(tr, -(-args.atoms_positions // len(tr)))
                 with OnTheFlySource(cfg, "train", shuffle=True, path=data, rows=tr) as src:
-                    r = measure_source(src, args.seconds)
+                    # past the warm-up: from then on B/R new structures per batch
+                    r = measure_source(src, args.seconds, warm=warm_up_batches(src) + 8)
                 note("source", case=case, workers=workers, **r)
 
     if "end_to_end" not in args.skip:
         for workers in args.workers:
             cfg = case_config(args.e2e_case, workers, **{"data.epoch_size": args.e2e_samples})
             with OnTheFlySource(cfg, "train", shuffle=True) as src:
+                for i in range(warm_up_batches(src)):  # the stream's warm-up, not timed
+                    src.batch(i)
                 note("train_onthefly", case=args.e2e_case, workers=workers,
-                     samples_per_s=measure_training(cfg, src, args.epochs))
+                     samples_per_s=measure_training(cfg, src, args.epochs, warm_up_batches(src)))
 
     if "memory" not in args.skip and args.memory_structures:
         cfg = case_config(args.memory_case, 2)

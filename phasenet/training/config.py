@@ -74,7 +74,8 @@ class DataSection:
     drop: list = field(default_factory=lambda: [0.0, 0.15])  # fraction of the reflections to d_min
     scale: list = field(default_factory=lambda: [0.5, 2.0])  # overall scale of F
     origin_shift: bool = True  # a random permissible origin per sample
-    repeats: int = 1  # training samples per structure (in different batches), each with its own draws
+    repeats: int = 1  # training samples per structure (in different batches), each with its own
+    # draws; run.batch_size must be a multiple
     workers: int = 2  # processes computing batches ahead (0: in the training process)
     epoch_size: int = 0  # synth: training samples per epoch (0: 51 200)
     space_groups: list = field(default_factory=lambda: ["P-1", "P21/c"])  # synth
@@ -341,6 +342,10 @@ def validate(cfg: TrainConfig) -> None:
         if d.normalisation != "any":
             raise ConfigError(f'data.normalisation = "{d.normalisation}" selects stored datasets; '
                               f'data.source = "{d.source}" normalises on the fly (leave it "any")')
+        if cfg.run.batch_size % d.repeats:
+            raise ConfigError(f"run.batch_size = {cfg.run.batch_size} must be a multiple of "
+                              f"data.repeats = {d.repeats} (a batch brings batch_size / repeats "
+                              "new structures)")
         if d.epoch_size and d.source != "synth":
             raise ConfigError('data.epoch_size applies to data.source = "synth" only (an "atoms" '
                               "epoch is one pass over the dataset's structures)")

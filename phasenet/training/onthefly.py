@@ -32,7 +32,9 @@ every batch of B holds B different structures, B/R of them new and the others me
 D·LANES, 2·D·LANES, ... batches before (:meth:`OnTheFlySource.batch_positions`), so the cost
 per batch is steady; worker process w, computing every ``workers``-th batch, meets only
 the lanes ≡ w (mod workers) and keeps their structures' F₀ until their last use
-(memory bounded by LANES · B · D structures, not by the stream). Batch ``i`` is a pure
+(memory bounded by LANES · B · D structures, not by the stream). At the start of the
+stream (and of a resumed run) the first (R-1)·D·LANES batches bring more new structures
+(B at first, then fewer): the warm-up. Batch ``i`` is a pure
 function of (seed, i): its structures and its draws (``np.random.default_rng([seed, tag,
 i])``), whoever computes it; ``data.workers`` processes compute batches i, i+1, ...
 ahead into shared memory (the reader of :mod:`phasenet.training.data`), so a resumed
@@ -62,7 +64,7 @@ MAX_RETRIES = 20
 SYNTH_EPOCH = 51_200  # synth: training samples per epoch (data.epoch_size = 0)
 SYNTH_TEST = 1_024  # synth: test structures (data.max_test = 0)
 LANES = 16  # training batch i takes its structures from lane i mod LANES
-LANE_STRUCTURES = 512  # a lane's structures in use at a time (spacing = this / batch size)
+LANE_STRUCTURES = 128  # spacing D = this / batch size lane batches (at least 1)
 TEST_CACHE_BYTES = 256 << 20  # the test split's batches are kept in memory below this size
 
 

@@ -294,10 +294,8 @@ def test_config_keys_are_checked():
         config_from_dict({"data": {"d_min": [1.0, 2.0]}})
     with pytest.raises(ConfigError, match=r"data.drop = \[0.3, 0.1\]: must have lo <= hi"):
         config_from_dict({"data": {"source": "synth", "drop": [0.3, 0.1]}})
-    from phasenet.training.onthefly import OnTheFlyError
-
-    with pytest.raises(OnTheFlyError, match="must be a multiple of data.repeats"):
-        OnTheFlySource(_cfg(repeats=3), "train", shuffle=True)
+    with pytest.raises(ConfigError, match="must be a multiple of data.repeats = 3"):
+        _cfg(repeats=3)
     with pytest.raises(ConfigError, match="data.repeats = 0: must be >= 1"):
         config_from_dict({"data": {"source": "synth", "repeats": 0}})
     with pytest.raises(ConfigError, match="unknown key 'data.dmin'"):
