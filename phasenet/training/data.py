@@ -20,6 +20,10 @@ sequence (a resumed run, random access) restarts the pipeline at that batch.
 itself when the training process dies). Being spawned, it imports the main module
 as ``__mp_main__``: scripts need the usual ``if __name__ == "__main__":`` guard.
 
+The same reader serves the on-the-fly sources of :mod:`phasenet.training.onthefly`
+(:func:`start_reader`): there ``data.workers`` processes take the requests in turn and
+the batches carry the network input's mask.
+
 Batch ``i`` of the training stream is a pure function of (seed, i): the stream can
 restart at any epoch and yield the same batches an uninterrupted run would (resume).
 

@@ -433,7 +433,12 @@ class OnTheFlySource:
     # -- which structures --------------------------------------------------------------
     def epoch_order(self, epoch: int) -> np.ndarray:
         """atoms: the rows' positions in the order pass ``epoch`` takes them."""
-        return np.random.default_rng([self.seed, 104729, epoch]).permutation(self.n)
+        orders = self.__dict__.setdefault("_orders", {})
+        if epoch not in orders:
+            if len(orders) > 2:
+                orders.clear()
+            orders[epoch] = np.random.default_rng([self.seed, 104729, epoch]).permutation(self.n)
+        return orders[epoch]
 
     def batch_positions(self, i: int) -> tuple[int, int, np.ndarray]:
         """(lane, lane batch j, positions in the structure stream of batch ``i``'s samples)."""
@@ -496,8 +501,7 @@ class OnTheFlySource:
         keys = self.batch_keys(i)
         if self.shuffle:
             self._evict(lane, j)
-            # the group of each sample (pos // c // LANES) is used last at lane batch group + 0
-            # in shifted terms: group index g (>= 0) of the stream is in use at g - (R-1)D ... g
+            # a sample of group g (= pos // c // LANES) is in use at lane batches g - (R-1)D .. g
             last = pos // self.per_batch // LANES
             prepared = [self.prepared(k, lane, int(t)) for k, t in zip(keys, last)]
         else:  # each test structure once: nothing to keep
@@ -560,7 +564,7 @@ class OnTheFlySource:
 
     def __getstate__(self):  # what a worker process gets: no reader, caches or loaded atoms
         state = dict(self.__dict__)
-        state.update(_reader=None, _atoms=None, _cache=None, _prepared={}, use_process=False)
+        state.update(_reader=None, _atoms=None, _cache=None, _prepared={}, _orders={}, use_process=False)
         return state
 
 
