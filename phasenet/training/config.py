@@ -3,8 +3,12 @@
 A config file has the sections below (every key optional; see ``training/*.toml``)::
 
     [run]       name, seed, epochs, batch_size, deterministic
-    [data]      path, recipe, task, max_index, r2_max, normalisation, input_transform, input,
-                max_train, max_test, block_rows, shuffle_buffer, prefetch, in_memory
+    [data]      path, recipe, task, max_index, r2_max, normalisation, input_transform,
+                max_train, max_test, block_rows, shuffle_buffer, prefetch, in_memory,
+                source; on-the-fly data (source = "atoms" | "synth", see
+                docs/training-on-the-fly.md): u_iso, d_min, drop, scale, origin_shift,
+                repeats, workers, epoch_size, space_groups, synth_atoms, synth_packing,
+                synth_max_edge
     [model]     width, depth, widths, activation, dropout, batch_norm, l2,
                 cell_input, bottleneck, output_activation
     [loss]      weight, weight_source, origin
@@ -55,15 +59,30 @@ class DataSection:
     r2_max: int = 0  # 0: no sphere cut (4630 reflections); 50: the study's 709
     normalisation: str = "any"  # require the dataset's build normalisation
     input_transform: str = "none"
-    # what the network reads: "stored" (the dataset's intensity column) or "network"
-    # (phasenet.training.inputs.network_input: inputs "intensity" = |E|², "mask"; docs/evaluation.md)
-    input: str = "stored"
     max_train: int = 0  # 0: every training structure; else a seeded random subset of this size
     max_test: int = 0
     block_rows: int = 64  # rows read together (chunks are one structure each)
     shuffle_buffer: int = 4096  # rows shuffled together (a window of shuffled blocks)
     prefetch: bool = True  # read the next window in a background thread
     in_memory: bool = False  # load the selected rows into memory (small data, benchmarks)
+    # where the batches come from: "stored" (the dataset's rows, as built), "atoms" (the
+    # dataset's atomic models, structure factors computed per batch) or "synth" (structures
+    # synthesised per batch); the last two give the network input of phasenet.training.inputs
+    source: str = "stored"
+    # on-the-fly sources, drawn per sample ([lo, hi] uniform; scale log-uniform):
+    u_iso: list = field(default_factory=lambda: [0.005, 0.06])  # Å², every atom; []: the model's own
+    d_min: list = field(default_factory=lambda: [0.8, 2.5])  # Å; []: no resolution cut
+    drop: list = field(default_factory=lambda: [0.0, 0.15])  # fraction of the reflections to d_min
+    scale: list = field(default_factory=lambda: [0.5, 2.0])  # overall scale of F
+    origin_shift: bool = True  # a random permissible origin per sample
+    repeats: int = 1  # training samples per structure (in different batches), each with its own
+    # draws; run.batch_size must be a multiple
+    workers: int = 2  # processes computing batches ahead (0: in the training process)
+    epoch_size: int = 0  # synth: training samples per epoch (0: 51 200)
+    space_groups: list = field(default_factory=lambda: ["P-1", "P21/c"])  # synth
+    synth_atoms: list = field(default_factory=lambda: [8, 50])  # synth: non-H atoms per asymmetric unit
+    synth_packing: str = "dense"  # synth: phasenet.synth.generate.PACKINGS
+    synth_max_edge: float = 15.0  # synth: longest cell edge, Å
 
 
 @dataclass
@@ -127,6 +146,11 @@ class TrainConfig:
     def r2_max_or_none(self) -> int | None:
         return self.data.r2_max or None
 
+    def input_kind(self) -> str:
+        """What the network is shown: "stored" (the dataset's ``intensity`` column) or
+        "network" (:func:`phasenet.training.inputs.network_input`: {"intensity", "mask"})."""
+        return "stored" if self.data.source == "stored" else "network"
+
     def to_dict(self, with_sweep: bool = True) -> dict:
         d = dataclasses.asdict(self)
         if not with_sweep or not d["sweep"]:
@@ -149,7 +173,8 @@ CHOICES = {
     "data.task": ("sign", "autoencoder"),
     "data.normalisation": ("any", "linreg", "max", "mean", "median", "wilson"),
     "data.input_transform": ("none", "max", "log1p"),
-    "data.input": ("stored", "network"),
+    "data.source": ("stored", "atoms", "synth"),
+    "data.synth_packing": ("dense", "fast"),
     "model.activation": ("relu", "gelu", "tanh", "sigmoid", "elu", "selu", "swish", "leaky_relu"),
     "model.output_activation": ("linear", "relu", "sigmoid", "softplus"),
     "loss.weight": ("intensity", "exp_intensity", "uniform"),
@@ -167,7 +192,18 @@ RANGES = {
     "model.dropout": (0.0, 0.99), "model.l2": (0.0, None), "model.bottleneck": (1, None),
     "optimizer.learning_rate": (0.0, None), "optimizer.clipnorm": (0.0, None),
     "output.keep_checkpoints": (1, None),
+    "data.repeats": (1, None), "data.workers": (0, 64), "data.epoch_size": (0, None),
+    "data.synth_max_edge": (5.0, None),
 }
+#: [lo, hi] pairs: (minimum, maximum or None, may be empty []).
+PAIRS = {
+    "data.u_iso": (0.0, 1.0, True), "data.d_min": (0.0, None, True), "data.drop": (0.0, 0.95, False),
+    "data.scale": (0.0, None, False), "data.synth_atoms": (1, None, False),
+}
+#: The source-independent default of each on-the-fly key (a stored-data config must leave them).
+ONTHEFLY_KEYS = ("u_iso", "d_min", "drop", "scale", "origin_shift", "repeats", "workers",
+                 "epoch_size", "space_groups", "synth_atoms", "synth_packing", "synth_max_edge")
+
 SWEEP_MODES = ("product", "zip")
 
 
@@ -197,6 +233,26 @@ def _check_value(dotted: str, value, default):
         if not isinstance(value, list) or not all(
                 w == "input" or (isinstance(w, int) and not isinstance(w, bool) and w >= 1) for w in value):
             raise bad('must be a list of positive integers or "input"')
+        return list(value)
+    if dotted in PAIRS:
+        lo, hi, may_be_empty = PAIRS[dotted]
+        integer = dotted == "data.synth_atoms"
+        ok = isinstance(value, list) and (len(value) == 2 or (may_be_empty and not value)) and all(
+            isinstance(v, int) if integer else isinstance(v, (int, float)) for v in value) and not any(
+            isinstance(v, bool) for v in value)
+        if not ok:
+            raise bad("must be a list [lo, hi] of " + ("integers" if integer else "numbers")
+                      + (" (or [] for none)" if may_be_empty else ""))
+        value = [v if integer else float(v) for v in value]
+        strict = dotted in ("data.d_min", "data.scale")  # must be positive
+        if value and not (value[0] <= value[1] and (value[0] > lo if strict else value[0] >= lo)
+                          and (hi is None or value[1] <= hi)):
+            raise bad(f"must have lo <= hi, lo {'>' if strict else '>='} {lo}"
+                      + (f", hi <= {hi}" if hi is not None else ""))
+        return value
+    if dotted == "data.space_groups":
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+            raise bad('must be a non-empty list of space group names, e.g. ["P-1", "P21/c"]')
         return list(value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
@@ -282,6 +338,26 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError('loss.origin = "invariant" applies to data.task = "sign" only')
     if cfg.data.task == "autoencoder" and cfg.model.cell_input:
         raise ConfigError('model.cell_input = true applies to data.task = "sign" only')
+    d = cfg.data
+    if d.source != "stored":
+        if d.task != "sign":
+            raise ConfigError(f'data.source = "{d.source}" makes sign labels: it needs data.task = "sign"')
+        if d.normalisation != "any":
+            raise ConfigError(f'data.normalisation = "{d.normalisation}" selects stored datasets; '
+                              f'data.source = "{d.source}" normalises on the fly (leave it "any")')
+        if cfg.run.batch_size % d.repeats:
+            raise ConfigError(f"run.batch_size = {cfg.run.batch_size} must be a multiple of "
+                              f"data.repeats = {d.repeats} (a batch brings batch_size / repeats "
+                              "new structures)")
+        if d.epoch_size and d.source != "synth":
+            raise ConfigError('data.epoch_size applies to data.source = "synth" only (an "atoms" '
+                              "epoch is one pass over the dataset's structures)")
+    else:
+        default = DataSection()
+        changed = [k for k in ONTHEFLY_KEYS if getattr(d, k) != getattr(default, k)]
+        if changed:
+            raise ConfigError(f"data.{changed[0]} applies to on-the-fly data only "
+                              '(data.source = "atoms" or "synth"); data.source is "stored"')
 
 
 def parse_override(text: str) -> tuple[str, Any]:

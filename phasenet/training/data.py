@@ -20,6 +20,10 @@ sequence (a resumed run, random access) restarts the pipeline at that batch.
 itself when the training process dies). Being spawned, it imports the main module
 as ``__mp_main__``: scripts need the usual ``if __name__ == "__main__":`` guard.
 
+The same reader serves the on-the-fly sources of :mod:`phasenet.training.onthefly`
+(:func:`start_reader`): there ``data.workers`` processes take the requests in turn and
+the batches carry the network input's mask.
+
 Batch ``i`` of the training stream is a pure function of (seed, i): the stream can
 restart at any epoch and yield the same batches an uninterrupted run would (resume).
 
@@ -615,10 +619,13 @@ _SLOT_BYTES = 64 << 20  # at most this much shared memory for the ring of finish
 _MAX_SLOTS = 8
 
 
-def _slot_layout(src: BatchSource):
-    """[(name, shape)] of one batch in a slot: x intensity, cell features, sign target."""
+def _slot_layout(src):
+    """[(name, shape)] of one batch in a slot: x intensity, its mask (a source with
+    ``input_mask``: the network input), cell features, sign target."""
     b, r = src.batch_size, src.n_reflections
     layout = [("x", (b, r))]
+    if getattr(src, "input_mask", False):
+        layout.append(("mask", (b, r)))
     if src.cell_input:
         layout.append(("cell", (b, 6)))
     if src.task == "sign":
@@ -641,7 +648,7 @@ def _slot_views(buffer, layout, n_slots):
     return views, slot_bytes
 
 
-def _reader_main(conn, buffer, src: BatchSource, layout, n_slots):
+def _reader_main(conn, buffer, src, layout, n_slots):
     """Reader process: for each (i, slot) request, compute batch i into the slot. (It runs
     at the training process's priority: lowered with nice, it starved on 2 cores and
     training waited for it, 0.8 of in-memory speed instead of 1.0.)"""
@@ -661,6 +668,8 @@ def _reader_main(conn, buffer, src: BatchSource, layout, n_slots):
                 xi = x["intensity"] if isinstance(x, dict) else x
                 n = len(xi)
                 v["x"][:n] = xi
+                if "mask" in v:
+                    v["mask"][:n] = x["mask"]
                 if "cell" in v:
                     v["cell"][:n] = x["cell"]
                 if "y" in v:
@@ -681,59 +690,73 @@ def _reader_main(conn, buffer, src: BatchSource, layout, n_slots):
         conn.close()
 
 
-def _stop_reader(proc, conn):
-    try:
-        conn.send(None)
-    except (OSError, ValueError):
-        pass
-    proc.join(5)
-    if proc.is_alive():
-        proc.terminate()
+def _stop_readers(procs, conns):
+    for conn in conns:
+        try:
+            conn.send(None)
+        except (OSError, ValueError):
+            pass
+    for proc in procs:
         proc.join(5)
-    try:
-        conn.close()
-    except OSError:
-        pass
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(5)
+    for conn in conns:
+        try:
+            conn.close()
+        except OSError:
+            pass
 
 
 class _ProcessReader:
-    """One spawned process computing batches ahead into shared-memory slots, in order."""
+    """Spawned processes (``workers``, default one) computing batches ahead into
+    shared-memory slots; requests go to the processes in turn, replies are taken in
+    request order (each process answers its own requests in order)."""
 
-    def __init__(self, src: BatchSource, first_batch: int = 0):
+    def __init__(self, src, first_batch: int = 0, workers: int = 1):
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
         self.shuffle, self.steps = src.shuffle, src.steps_per_epoch  # (no reference to src)
         self.layout = _slot_layout(src)
         _, slot_bytes = _slot_views(b"", self.layout, 0)
-        self.n_slots = int(min(_MAX_SLOTS, max(2, _SLOT_BYTES // slot_bytes)))
+        workers = max(1, int(workers))
+        self.n_slots = int(min(max(_MAX_SLOTS, 2 * workers), max(2, _SLOT_BYTES // slot_bytes)))
         self.buffer = ctx.RawArray("b", self.n_slots * slot_bytes)
         self.views, _ = _slot_views(self.buffer, self.layout, self.n_slots)
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_reader_main, name="phasenet-batch-reader", daemon=True,
-                                args=(child, self.buffer, src, self.layout, self.n_slots))
-        self.proc.start()
-        child.close()
-        self._finalizer = weakref.finalize(self, _stop_reader, self.proc, self.conn)
+        self.conns, self.procs = [], []
+        for w in range(workers):
+            conn, child = ctx.Pipe()
+            proc = ctx.Process(target=_reader_main, name=f"phasenet-batch-reader-{w}", daemon=True,
+                               args=(child, self.buffer, src, self.layout, self.n_slots))
+            proc.start()
+            child.close()
+            self.conns.append(conn)
+            self.procs.append(proc)
+        self.conn, self.proc = self.conns[0], self.procs[0]
+        self._finalizer = weakref.finalize(self, _stop_readers, self.procs, self.conns)
+        self._turn = 0  # the process the next request goes to
         self.free = list(range(self.n_slots))
-        self.inflight: deque = deque()  # (i, slot), in request order (= reply order)
-        self.last = None  # the last batch index requested from the process
+        self.inflight: deque = deque()  # (i, slot, process), in request order
+        self.last = None  # the last batch index requested from the processes
         self.lock = threading.Lock()
         self._submit(first_batch)  # starts working as soon as it is up
         self._top_up()
 
     def _submit(self, i):
         slot = self.free.pop()
-        self.conn.send((i, slot))
-        self.inflight.append((i, slot))
+        w = self._turn
+        self._turn = (w + 1) % len(self.conns)
+        self.conns[w].send((i, slot))
+        self.inflight.append((i, slot, w))
         self.last = i
 
     def _receive(self):
+        want, want_slot, w = self.inflight.popleft()
         try:
-            i, slot, n, err = self.conn.recv()
+            i, slot, n, err = self.conns[w].recv()
         except (EOFError, OSError) as e:
-            raise RuntimeError(f"the batch reader process stopped (exit code {self.proc.exitcode})") from e
-        want, want_slot = self.inflight.popleft()
+            raise RuntimeError(f"the batch reader process stopped (exit code {self.procs[w].exitcode})") from e
         assert (i, slot) == (want, want_slot), "reader replies out of order"
         return i, slot, n, err
 
@@ -746,7 +769,7 @@ class _ProcessReader:
 
     def get(self, i: int):
         with self.lock:
-            if not any(j == i for j, _ in self.inflight):  # out of sequence: restart at i
+            if not any(j == i for j, _, _ in self.inflight):  # out of sequence: restart at i
                 while self.inflight:
                     self.free.append(self._receive()[1])
                 self._submit(i)
@@ -764,8 +787,11 @@ class _ProcessReader:
                     raise RuntimeError(f"batch reader process failed:\n{text}")
                 v = self.views[slot]
                 x = v["x"][:n].copy()
-                if "cell" in v:
-                    x = {"intensity": x, "cell": v["cell"][:n].copy()}
+                if "mask" in v or "cell" in v:
+                    x = {"intensity": x}
+                    for k in ("mask", "cell"):
+                        if k in v:
+                            x[k] = v[k][:n].copy()
                 if "y" not in v:
                     return x, (x["intensity"] if isinstance(x, dict) else x)
                 return x, v["y"][:n].copy()
@@ -776,6 +802,13 @@ class _ProcessReader:
 
     def close(self):
         self._finalizer()
+
+
+def start_reader(src, first_batch: int = 0, workers: int = 1) -> _ProcessReader:
+    """Reader processes for any batch source with ``compute_batch(i)`` (picklable, with
+    ``batch_size``, ``n_reflections``, ``task``, ``cell_input``, ``shuffle``,
+    ``steps_per_epoch`` and optionally ``input_mask``): ``.get(i)`` returns batch i."""
+    return _ProcessReader(src, first_batch, workers)
 
 
 def keras_dataset(source: BatchSource, start_batch: int = 0):

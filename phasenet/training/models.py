@@ -35,14 +35,16 @@ def build_model(cfg, n_reflections: int) -> keras.Model:
     inputs = intensity
     x = intensity
     if cfg.data.task == "sign":
-        parts = {"intensity": intensity}
-        if cfg.data.input == "network":  # network_input features: |E|² and the mask (docs/evaluation.md)
-            parts["mask"] = keras.Input((n_reflections,), name="mask")
-        if m.cell_input:
-            parts["cell"] = keras.Input((6,), name="cell")
-        if len(parts) > 1:
-            inputs = parts
-            x = layers.Concatenate(name="_and_".join(parts))(list(parts.values()))
+        network_input = cfg.input_kind() == "network"  # {"intensity": |E|², "mask"}
+        if m.cell_input or network_input:
+            inputs, parts = {"intensity": intensity}, [intensity]
+            if network_input:
+                inputs["mask"] = keras.Input((n_reflections,), name="mask")
+                parts.append(inputs["mask"])
+            if m.cell_input:
+                inputs["cell"] = keras.Input((6,), name="cell")
+                parts.append(inputs["cell"])
+            x = layers.Concatenate(name="intensity_and_" + "_and_".join(list(inputs)[1:]))(parts)
         x = _hidden(x, widths, m, seed, "hidden")
         out = layers.Dense(n_reflections, kernel_regularizer=reg, dtype="float32",
                            name="sign_logits")(x)

@@ -5,7 +5,8 @@ they output P(sign label = 1), i.e. P(phase 0)); ``phasenet_model.json`` says wh
 reflections it expects and how its input was prepared. Keras is imported when a
 predictor is loaded, with whatever backend ``KERAS_BACKEND`` names.
 
-**Which input** (``"input"`` in ``phasenet_model.json``, from the config's ``data.input``;
+**Which input** (``"input"`` in ``phasenet_model.json``, from the config's ``data.source``: ``stored`` gives
+``"stored"``, the on-the-fly sources ``"network"``;
 absent in older runs, which means ``"stored"``):
 
 - ``"stored"``: the model was trained on the dataset's stored ``intensity`` column; its

@@ -8,7 +8,8 @@ A run folder holds::
                            model + optimizer state after epoch NNNN, and the history
     model.keras            the final model; plain keras.saving.load_model reads it
                            (sign models output P(sign = 1), autoencoders the reconstruction)
-    phasenet_model.json    what the model expects: reflections, input transform, task
+    phasenet_model.json    what the model expects: reflections, input kind ("stored" or
+                           "network": {"intensity", "mask"}), input transform, task
     learning_curves.png    loss and accuracy against epoch, train and test
     tensorboard/           TensorBoard logs (needs TensorFlow installed)
     reflection_errors.csv/.png  (autoencoders) error per reflection on the test split
@@ -84,6 +85,12 @@ def _comparable(cfg_dict: dict) -> dict:
     d["data"].pop("recipe", None)  # how the dataset is made: a description, like path
     d["data"].pop("prefetch", None)  # how rows are read, not which: the batches are the same
     d["data"].pop("in_memory", None)
+    d["data"].pop("workers", None)  # on-the-fly: how many processes compute the same batches
+    if d["data"].get("source", "stored") == "stored":  # (checkpoints from before these keys)
+        from phasenet.training.config import ONTHEFLY_KEYS
+
+        for k in ONTHEFLY_KEYS + ("source",):
+            d["data"].pop(k, None)
     return d
 
 
@@ -316,6 +323,12 @@ def prepare_run(cfg: TrainConfig, data=None):
     from phasenet.io.hdf5 import DatasetReader
     from phasenet.training.data import check_dataset, select_rows
 
+    if cfg.data.source != "stored":  # structure factors made on the fly
+        from phasenet.training.onthefly import prepare_sources
+
+        path = Path(data or cfg.data.path) if str(data or cfg.data.path) else None
+        train_rows, test_rows = prepare_sources(cfg, path)
+        return path, train_rows, test_rows
     path = Path(data or cfg.data.path)
     if not str(data or cfg.data.path):
         raise ConfigError("data.path is empty: give --data DATA.h5 or set data.path in the config")
@@ -339,7 +352,7 @@ def train(cfg: TrainConfig, *, data=None, out=None, resume: bool = False, epochs
         cfg.run.epochs = int(epochs)
     backend = select_backend(cfg.hardware.backend)
     path, train_rows, test_rows = prepare_run(cfg, data)
-    cfg.data.path = str(path)
+    cfg.data.path = str(path) if path is not None else ""
     out = Path(out or Path("runs") / (cfg.run.name or "run"))
     latest = _latest_checkpoint(out)
     if latest is not None and not resume:
@@ -375,11 +388,17 @@ def _fit(cfg, cfg_dict, backend, path, train_rows, test_rows, out, state, latest
     from phasenet.training.data import BatchSource, keras_dataset
     from phasenet.training.models import build_model, export_model
 
-    if replicas > 1:
+    if replicas > 1 and cfg.data.source != "synth":
         train_rows = _whole_replicas(train_rows, replicas, "train", cfg.run.batch_size)
         test_rows = _whole_replicas(test_rows, replicas, "test", cfg.run.batch_size)
-    train_src = BatchSource(path, cfg, "train", shuffle=True, rows=train_rows)
-    test_src = BatchSource(path, cfg, "test", shuffle=False, rows=test_rows)
+    if cfg.data.source == "stored":
+        train_src = BatchSource(path, cfg, "train", shuffle=True, rows=train_rows)
+        test_src = BatchSource(path, cfg, "test", shuffle=False, rows=test_rows)
+    else:
+        from phasenet.training.onthefly import OnTheFlySource
+
+        train_src = OnTheFlySource(cfg, "train", shuffle=True, path=path, rows=train_rows)
+        test_src = OnTheFlySource(cfg, "test", shuffle=False, path=path, rows=test_rows)
     try:  # the reader processes and files are released whatever happens (Ctrl-C too)
         start_epoch = state["epoch"] if state else 0
         rows = list(state["history"]) if state else []
@@ -393,7 +412,10 @@ def _fit(cfg, cfg_dict, backend, path, train_rows, test_rows, out, state, latest
             verbose = 1 if sys.stdout.isatty() else 2
         print(f"[train] {cfg.run.name}: {cfg.data.task} model {model.name}, {model.count_params():,} "
               f"parameters, backend {backend}, {dist_text}; {train_src.n} train / {test_src.n} test "
-              f"structures, {train_src.n_reflections} reflections; epochs {start_epoch + 1}..{cfg.run.epochs}"
+              + ("structures" if cfg.data.source == "stored" else
+                 f"{'samples per epoch' if cfg.data.source == 'synth' else 'structures'} made on the fly "
+                 f"({cfg.data.source})")
+              + f", {train_src.n_reflections} reflections; epochs {start_epoch + 1}..{cfg.run.epochs}"
               + (f" (resumed from {latest.name})" if state else ""), flush=True)
         t0 = [0.0]
         callbacks = [_make_checkpointer(out, rows, cfg.output.keep_checkpoints, cfg_dict, t0)]
@@ -415,10 +437,13 @@ def _fit(cfg, cfg_dict, backend, path, train_rows, test_rows, out, state, latest
 
         info = {"task": cfg.data.task, "max_index": cfg.data.max_index, "r2_max": cfg.data.r2_max,
                 "n_reflections": train_src.n_reflections, "input_transform": cfg.data.input_transform,
-                "input": cfg.data.input, "cell_input": cfg.model.cell_input,
+                "cell_input": cfg.model.cell_input,
+                # "stored": the dataset's intensity column; "network": the dict {"intensity":
+                # |E|², "mask"} of phasenet.training.inputs.network_input
+                "input": cfg.input_kind(), "data_source": cfg.data.source,
                 "output": "sign_probability" if cfg.data.task == "sign" else "reconstruction",
                 "backend": backend, "keras_version": keras.__version__, "phasenet_version": __version__,
-                "epochs": len(rows), "dataset": str(path),
+                "epochs": len(rows), "dataset": str(path) if path is not None else "",
                 "hardware": {"distribution": dist_text, "replicas": replicas,
                              "mixed_precision": cfg.hardware.mixed_precision}}
         _write_atomic(out / MODEL_INFO, json.dumps(info, indent=1))

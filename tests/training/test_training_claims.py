@@ -10,7 +10,7 @@ import pytest
 
 from phasenet.training.config import load_config
 from phasenet.training.run import prepare_run
-from tests.training_helpers import REPO, make_dataset, run_phasenet
+from tests.training_helpers import REPO, run_phasenet
 
 DEMO = REPO / "training" / "demo.toml"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -36,11 +36,6 @@ tensorboard = false
 [sweep]
 "model.width" = [8, 16]
 """
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return make_dataset(tmp_path_factory.getbasetemp(), n=60)
 
 
 def _train_rows(dataset, **overrides):

@@ -16,12 +16,7 @@ import numpy as np
 import pytest
 
 from phasenet.training.data import BatchSource, keras_dataset, read_rows, read_rows_fast
-from tests.training_helpers import REPO, make_dataset, stream_config
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return make_dataset(tmp_path_factory.getbasetemp(), n=60)
+from tests.training_helpers import REPO, stream_config
 
 
 _cfg = stream_config

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.training_helpers import REPO, make_dataset
+from tests.training_helpers import REPO
 
 pytest.importorskip("keras")
 DEMO = REPO / "training" / "demo.toml"
@@ -53,11 +53,6 @@ def main():
 if __name__ == "__main__":  # the batch reader may start processes by spawning
     main()
 '''
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return make_dataset(tmp_path_factory.getbasetemp(), n=60)  # test share 1/4 on average
 
 
 def run_script(tmp_path, dataset, body: str, backend: str, devices: int = 1, timeout=300):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from phasenet.reflections import canonical_hkl, origin_sign_flips
-from tests.training_helpers import make_dataset, stream_config
+from tests.training_helpers import stream_config
 
 keras = pytest.importorskip("keras")
 
@@ -147,11 +147,6 @@ def test_flips_match_phases_recomputed_from_shifted_atoms():
 
 
 # ---- the batch stream -----------------------------------------------------------------
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return make_dataset(tmp_path_factory.getbasetemp(), n=60)
-
-
 _cfg = stream_config
 
 

@@ -12,16 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.training_helpers import REPO, make_dataset, run_phasenet
+from tests.training_helpers import REPO, run_phasenet
 
 pytest.importorskip("keras")
 DEMO = REPO / "training" / "demo.toml"
 SMALL = ["--set", "data.r2_max=50", "--set", "output.tensorboard=false", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return make_dataset(tmp_path_factory.getbasetemp(), n=60)
 
 
 def _ok(proc):
