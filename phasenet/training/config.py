@@ -10,7 +10,7 @@ A config file has the sections below (every key optional; see ``training/*.toml`
                 repeats, workers, epoch_size, space_groups, synth_atoms, synth_packing,
                 synth_max_edge
     [model]     width, depth, widths, activation, dropout, batch_norm, l2,
-                cell_input, bottleneck, output_activation
+                cell_input, bottleneck, output_activation, architecture
     [loss]      weight, weight_source, origin
     [optimizer] name, learning_rate, clipnorm
     [hardware]  backend, distribution, mixed_precision
@@ -97,6 +97,8 @@ class ModelSection:
     cell_input: bool = False  # add the 6 cell parameters as a second input
     bottleneck: int = 100  # autoencoder
     output_activation: str = "linear"  # autoencoder reconstruction
+    # a registered model (phasenet.training.registry); "": mlp for sign, autoencoder
+    architecture: str = ""
 
 
 @dataclass
@@ -332,6 +334,12 @@ def config_from_dict(table: dict, source: str = "config") -> TrainConfig:
 
 def validate(cfg: TrainConfig) -> None:
     """Checks across keys (single values were checked when set)."""
+    from phasenet.training.registry import UnknownModel, resolve_architecture
+
+    try:
+        resolve_architecture(cfg.model.architecture, cfg.data.task)
+    except UnknownModel as exc:
+        raise ConfigError(f"model.architecture = {cfg.model.architecture!r}: {exc}") from None
     if cfg.data.r2_max and cfg.data.r2_max < 2:
         raise ConfigError(f"data.r2_max = {cfg.data.r2_max}: use 0 for no sphere cut or a value >= 2")
     if cfg.data.task == "autoencoder" and cfg.loss.origin == "invariant":

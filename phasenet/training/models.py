@@ -26,38 +26,56 @@ def _hidden(x, widths, m, seed, prefix):
 
 
 def build_model(cfg, n_reflections: int) -> keras.Model:
-    """The network of ``cfg`` for ``n_reflections`` inputs (sign logits or reconstruction)."""
+    """The network of ``cfg`` for ``n_reflections`` inputs: the builder registered as
+    ``[model] architecture`` (default: ``mlp`` for sign tasks, ``autoencoder``), see
+    :mod:`phasenet.training.registry`."""
+    from phasenet.training.registry import get_model_builder, resolve_architecture
+
+    name = resolve_architecture(cfg.model.architecture, cfg.data.task)
+    return get_model_builder(name)(cfg, n_reflections)
+
+
+def model_inputs(cfg, n_reflections: int):
+    """(Keras inputs, the tensor a model starts from): ``intensity`` alone, or a dict with
+    ``mask`` (network input, :mod:`phasenet.training.inputs`) and ``cell`` (``model.cell_input``)
+    whose tensors are concatenated."""
+    intensity = keras.Input((n_reflections,), name="intensity")
+    network_input = cfg.input_kind() == "network"  # {"intensity": |E|², "mask"}
+    if not (cfg.model.cell_input or network_input):
+        return intensity, intensity
+    inputs, parts = {"intensity": intensity}, [intensity]
+    if network_input:
+        inputs["mask"] = keras.Input((n_reflections,), name="mask")
+        parts.append(inputs["mask"])
+    if cfg.model.cell_input:
+        inputs["cell"] = keras.Input((6,), name="cell")
+        parts.append(inputs["cell"])
+    return inputs, layers.Concatenate(name="intensity_and_" + "_and_".join(list(inputs)[1:]))(parts)
+
+
+def build_mlp(cfg, n_reflections: int) -> keras.Model:
+    """The study's dense sign network: hidden layers of ``cfg.model`` widths, sign logits."""
     m = cfg.model
-    seed = cfg.run.seed
+    widths = cfg.hidden_widths(n_reflections)
+    reg = keras.regularizers.L2(m.l2) if m.l2 > 0 else None
+    inputs, x = model_inputs(cfg, n_reflections)
+    x = _hidden(x, widths, m, cfg.run.seed, "hidden")
+    out = layers.Dense(n_reflections, kernel_regularizer=reg, dtype="float32", name="sign_logits")(x)
+    return keras.Model(inputs, out, name=f"sign_{'x'.join(map(str, widths)) or 'linear'}")
+
+
+def build_autoencoder(cfg, n_reflections: int) -> keras.Model:
+    """The study's autoencoder: encoder, bottleneck, mirrored decoder, reconstruction."""
+    m = cfg.model
     widths = cfg.hidden_widths(n_reflections)
     reg = keras.regularizers.L2(m.l2) if m.l2 > 0 else None
     intensity = keras.Input((n_reflections,), name="intensity")
-    inputs = intensity
-    x = intensity
-    if cfg.data.task == "sign":
-        network_input = cfg.input_kind() == "network"  # {"intensity": |E|², "mask"}
-        if m.cell_input or network_input:
-            inputs, parts = {"intensity": intensity}, [intensity]
-            if network_input:
-                inputs["mask"] = keras.Input((n_reflections,), name="mask")
-                parts.append(inputs["mask"])
-            if m.cell_input:
-                inputs["cell"] = keras.Input((6,), name="cell")
-                parts.append(inputs["cell"])
-            x = layers.Concatenate(name="intensity_and_" + "_and_".join(list(inputs)[1:]))(parts)
-        x = _hidden(x, widths, m, seed, "hidden")
-        out = layers.Dense(n_reflections, kernel_regularizer=reg, dtype="float32",
-                           name="sign_logits")(x)
-        name = f"sign_{'x'.join(map(str, widths)) or 'linear'}"
-    else:
-        x = _hidden(x, widths, m, seed, "encoder")
-        x = layers.Dense(m.bottleneck, activation=m.activation, kernel_regularizer=reg,
-                         name="bottleneck")(x)
-        x = _hidden(x, widths[::-1], m, seed, "decoder")
-        out = layers.Dense(n_reflections, activation=m.output_activation, kernel_regularizer=reg,
-                           dtype="float32", name="reconstruction")(x)
-        name = f"autoencoder_{m.bottleneck}"
-    return keras.Model(inputs, out, name=name)
+    x = _hidden(intensity, widths, m, cfg.run.seed, "encoder")
+    x = layers.Dense(m.bottleneck, activation=m.activation, kernel_regularizer=reg, name="bottleneck")(x)
+    x = _hidden(x, widths[::-1], m, cfg.run.seed, "decoder")
+    out = layers.Dense(n_reflections, activation=m.output_activation, kernel_regularizer=reg,
+                       dtype="float32", name="reconstruction")(x)
+    return keras.Model(intensity, out, name=f"autoencoder_{m.bottleneck}")
 
 
 def export_model(model: keras.Model, task: str) -> keras.Model:
