@@ -180,3 +180,61 @@ def test_tests_import_the_root_conftest_by_its_package_name():
     bad = [str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "tests").rglob("*.py")
            if re.search(r"^\s*(from conftest import|import conftest)", p.read_text(), flags=re.M)]
     assert not bad, f"import tests.conftest instead of conftest in: {bad}"
+
+
+def _top_level_names(tree) -> set[str]:
+    """Names a module defines at its top level (defs, classes, assignments, imports),
+    including those bound inside top-level if/try blocks."""
+    names: set[str] = set()
+
+    def visit(body):
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for t in targets:
+                    for n in ast.walk(t):
+                        if isinstance(n, ast.Name):
+                            names.add(n.id)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                for a in node.names:
+                    names.add((a.asname or a.name).split(".")[0])
+            elif isinstance(node, (ast.If, ast.Try, ast.With)):
+                visit(node.body)
+                for extra in ("orelse", "finalbody"):
+                    visit(getattr(node, extra, []))
+                for h in getattr(node, "handlers", []):
+                    visit(h.body)
+
+    visit(tree.body)
+    return names
+
+
+def test_every_imported_phasenet_name_exists():
+    """``from phasenet.x import name`` (top-level or inside a function) names a submodule
+    or something ``x`` defines: a moved name cannot hide in a function that no test runs."""
+    modules = _modules()
+    defined = {m: _top_level_names(ast.parse(p.read_text())) for m, p in modules.items()}
+    missing = []
+    for mod, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            src = _resolve(mod, node, modules)
+            if src.split(".")[0] != "phasenet" or src not in modules:
+                continue
+            for a in node.names:
+                if a.name != "*" and f"{src}.{a.name}" not in modules and a.name not in defined[src]:
+                    if not (src == "phasenet" and a.name in _lazy_exports()):
+                        missing.append(f"{mod}: from {src} import {a.name}")
+    assert not missing, "imports of names that do not exist:\n" + "\n".join(missing)
+
+
+def _lazy_exports() -> set[str]:
+    """The package root's lazily loaded public names (``_LAZY`` in phasenet/__init__.py)."""
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "_LAZY" for t in node.targets):
+            return {k.value for k in node.value.keys}
+    return set()
