@@ -30,6 +30,9 @@ bench: venv
 	$(PY) benchmarks/synth_realism.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_baselines.py
+	$(PY) benchmarks/bench_baselines.py --compare-recycling
+	$(PY) benchmarks/bench_onthefly.py
+	$(PY) benchmarks/fuzz_build.py
 
 clean:
 	rm -rf $(VENV) demo-output
