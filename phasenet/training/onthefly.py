@@ -334,7 +334,7 @@ class _Atoms:
 
 def synth_options(cfg):
     """The :class:`~phasenet.synth.generate.SynthOptions` of a ``synth`` source."""
-    from phasenet.synth.generate import PACKINGS, SynthOptions
+    from phasenet.synth.options import PACKINGS, SynthOptions
 
     d = cfg.data
     try:

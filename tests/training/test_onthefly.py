@@ -33,7 +33,8 @@ HKL = canonical_hkl(10, 50)
 @pytest.fixture(scope="module")
 def synth_h5(tmp_path_factory):
     """A small ``phasenet synth`` dataset (P-1 and P2₁/c, fast packing, 709 reflections)."""
-    from phasenet.synth.generate import PACKINGS, SynthOptions, synth_dataset
+    from phasenet.synth.generate import synth_dataset
+    from phasenet.synth.options import PACKINGS, SynthOptions
 
     out = tmp_path_factory.mktemp("synth") / "s.h5"
     synth_dataset(24, out, SynthOptions(seed=3, r2_max=50, workers=1, test_fraction=0.25,
