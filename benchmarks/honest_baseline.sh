@@ -41,7 +41,7 @@ cd "$OUT"
 M="--method model:models/a_study_fixed --method model:models/b_stored_wilson --method model:models/c_onthefly"
 D="--reflections sphere --d-min 1.0 --d-min 1.5 --d-min 2.0 --workers 2 --no-atom-recovery --quiet"
 $PN evaluate real.h5 -o eval_real_classical $D --method true --method random --method patterson \
-    --method charge-flipping --cf-time-limit 10 --cf-attempts 2 --timeout 40
+    --method charge-flipping
 $PN evaluate real.h5 -o eval_real_models $D $M
 $PN evaluate synth_test_wilson.h5 -o eval_synth $D --method true --method random $M --limit 256
 cd "$HERE"
