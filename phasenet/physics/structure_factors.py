@@ -28,7 +28,8 @@ is always summed directly). The sums are dense array algebra: the phase argument
 the exponents w·f·exp(-hᵀβh) = exp(-hᵀβh + ln w + ln f) are small matrix products
 (atoms x reflections), the rest vectorised float32 arithmetic (coordinates reduced
 modulo 1 first) with float64 accumulation of the per-reflection sums. Accuracy
-against cctbx's direct summation: amplitude R ~1e-6 (tests require <= 1 %),
+against cctbx's direct summation: amplitude R ~1e-6, at most 5e-4 where the cell fits its
+operators (tests/physics assert the documented limits, docs/science.md),
 identical signs. Form factors: International Tables Vol. C (IT92) four-Gaussian
 fits from cctbx's table, for the ion where the table has it (``Na1+``, ``O1-``),
 otherwise for the neutral atom.
