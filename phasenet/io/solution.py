@@ -353,7 +353,8 @@ def shelx_symmetry(sym) -> tuple[int, list[str]]:
 def write_res(path, table, cell, sym, title="phasenet solution", wavelength=0.71073) -> Path:
     """Write the peaks of ``table`` (a :func:`peak_table`) as atoms of a SHELX .res file.
 
-    Atoms are named element + running number, fixed occupancy (11.0) and U = 0.05 Å²;
+    Atoms are named element + running number (at most 4 characters: 999 C, 99 Cl; more
+    raise ValueError), fixed occupancy (11.0) and U = 0.05 Å²;
     UNIT counts each element's peaks times the operators of the group.
     """
     path = _target(path)
@@ -380,6 +381,9 @@ def write_res(path, table, cell, sym, title="phasenet solution", wavelength=0.71
     for el, x, y, z in zip(elements, table["x"], table["y"], table["z"]):
         counter[el] = counter.get(el, 0) + 1
         name = f"{el}{counter[el]}"
+        if len(name) > 4:  # SHELX names have at most 4 characters
+            raise ValueError(f"table: more {el} atoms than SHELX's 4-character names can "
+                             f"number ({counter[el]})")
         lines.append(f"{name:<5s} {sfac.index(el) + 1} {float(x):.5f} {float(y):.5f} "
                      f"{float(z):.5f} 11.00000 0.05000")
     lines += ["HKLF 4", "END"]

@@ -295,3 +295,17 @@ def test_bad_arguments_are_named(tmp_path):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="composition"):
         solution.peak_table(hkl, [1.0, 2.0], [0.0, 1.0], good["cell"], "P 1", composition={"Xx": 2})
+
+
+def test_res_names_fit_shelx(tmp_path):
+    """Names are at most 4 characters; a table SHELX cannot name is refused, nothing written."""
+    import pandas as pd
+
+    def table(el, n):
+        return pd.DataFrame({"x": np.linspace(0, 1, n), "y": 0.0, "z": 0.0, "element": [el] * n})
+
+    solution.write_res(tmp_path / "ok.res", table("Cl", 99), (10, 10, 10, 90, 90, 90), "P 1")
+    assert "Cl99 " in (tmp_path / "ok.res").read_text()
+    with pytest.raises(ValueError, match="table: more Cl atoms"):
+        solution.write_res(tmp_path / "bad.res", table("Cl", 100), (10, 10, 10, 90, 90, 90), "P 1")
+    assert [p.name for p in tmp_path.iterdir()] == ["ok.res"]
