@@ -19,7 +19,6 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 import sys
 import time
 from collections import Counter
@@ -30,7 +29,7 @@ from pathlib import Path
 from phasenet.io import hdf5 as dataset
 from phasenet.io.cif import ReadFailure, read_cif
 from phasenet.pipeline.options import BuildOptions
-from phasenet.pipeline.parts import run_parts
+from phasenet.pipeline.parts import write_dataset
 # imported here, not in the workers: forked workers then start with them loaded
 from phasenet.pipeline.records import compute_record
 from phasenet.reflections import canonical_hkl
@@ -221,32 +220,12 @@ def build_dataset(inputs, output, options: BuildOptions | None = None, *,
     # One bar in files. Each part is merged into OUT.h5.tmp as soon as it and all parts
     # before it exist, while the workers compute the rest (the merge is not a serial
     # step after the computation); the parts stay until the end, for a resumed build.
-    bar = progress_bar(len(files), "building", "file", progress)
-    n_failed = 0
-
-    def on_part(n_files, n_failures):
-        nonlocal n_failed
-        n_failed += n_failures
-        bar.update(n_files)
-        if n_failures:
-            bar.set_postfix(failed=n_failed)
-
-    merger = None
-    try:
-        merger = dataset.PartMerger(output, build_options=options.result_options(),
-                                    test_fraction=options.test_fraction, seed=options.seed,
-                                    compression=options.compression, extra_attrs=shard_meta)
-        resumed = run_parts(slices, functools.partial(_part_task, options=options), parts_dir,
-                            merger, workers=options.workers, item_timeout=options.file_timeout,
-                            on_part=on_part)
-        result = merger.finish()
-    except BaseException:
-        if merger is not None:
-            merger.abort()
-        raise
-    finally:
-        bar.close()
-    shutil.rmtree(parts_dir, ignore_errors=True)
+    result, resumed = write_dataset(
+        slices, functools.partial(_part_task, options=options), parts_dir, output,
+        merger_options=dict(build_options=options.result_options(), test_fraction=options.test_fraction,
+                            seed=options.seed, compression=options.compression, extra_attrs=shard_meta),
+        workers=options.workers, item_timeout=options.file_timeout,
+        progress=progress_bar(len(files), "building", "file", progress))
     failures = result["failures"]
     return BuildSummary(output=output, n_inputs=len(files), n_structures=result["n_structures"],
                         failures=failures, seconds=time.perf_counter() - t0, resumed_parts=resumed,

@@ -111,6 +111,45 @@ def run_parts(slices: Sequence[Sequence], work: Work, parts_dir: Path, merger, *
     return resumed
 
 
+def write_dataset(slices: Sequence[Sequence], work: Work, parts_dir: Path, output: Path, *,
+                  merger_options: dict, workers: int | None = None,
+                  item_timeout: float | None = None, progress=None) -> tuple[dict, int]:
+    """The whole resumable write of a dataset: ``run_parts`` into a
+    :class:`phasenet.io.hdf5.PartMerger` of ``output`` (``merger_options``: its keyword
+    arguments), finished on success and aborted on any error (nothing half-written looks
+    complete), then the parts folder removed. ``progress``: a bar with ``update`` and
+    ``set_postfix`` (closed here). Returns (the merger's result, parts reused)."""
+    import shutil
+
+    from phasenet.io.hdf5 import PartMerger
+
+    n_failed = 0
+
+    def on_part(n_items: int, n_failures: int) -> None:
+        nonlocal n_failed
+        n_failed += n_failures
+        if progress is not None:
+            progress.update(n_items)
+            if n_failures:
+                progress.set_postfix(failed=n_failed)
+
+    merger = None
+    try:
+        merger = PartMerger(output, **merger_options)
+        resumed = run_parts(slices, work, parts_dir, merger, workers=workers,
+                            item_timeout=item_timeout, on_part=on_part)
+        result = merger.finish()
+    except BaseException:
+        if merger is not None:
+            merger.abort()
+        raise
+    finally:
+        if progress is not None:
+            progress.close()
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    return result, resumed
+
+
 def _no_report(k: int) -> None:
     pass
 

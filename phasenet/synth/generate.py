@@ -27,7 +27,6 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ import numpy as np
 from phasenet.io import hdf5 as dataset
 from phasenet.io.cif import ReadFailure, StructureError, check_cell_atoms
 from phasenet.reflections import canonical_hkl
-from phasenet.pipeline.parts import run_parts
+from phasenet.pipeline.parts import part_path, write_dataset
 from phasenet.pipeline.shards import shard_range
 from phasenet.structure import AtomicModel, Structure
 from phasenet.util.progress import progress_bar
@@ -338,44 +337,26 @@ def synth_dataset(n: int, output, options: SynthOptions | None = None, *, shard=
     # resumed run cuts the same parts
     size = options.chunk_size
     slices = [range(a, min(a + size, stop)) for a in range(start, stop, size)]
-    bar = progress_bar(stop - start, "synth", "structure", progress)
-    n_failed = 0
-
-    def on_part(n_items, n_failures):
-        nonlocal n_failed
-        n_failed += n_failures
-        bar.update(n_items)
-        bar.set_postfix(failed=n_failed)
-
-    if not all((parts_dir / f"part-{p:06d}.h5").exists() for p in range(len(slices))):
+    if not all(part_path(parts_dir, p).exists() for p in range(len(slices))):
         warm_up()  # compile once here, not in every worker
     synth_attr = json.dumps({
         "seed": options.seed, "n_total": n, "shard_index": shard[0], "shard_count": shard[1],
         "index_start": start, "index_stop": stop,
         "id_format": "synth-s{seed}-{index:08d}.cif#synth-s{seed}-{index:08d}",
         "options": options.result_options()}, sort_keys=True)
-    merger = None
-    try:
-        merger = dataset.PartMerger(output, build_options=options.build_options(),
-                                    test_fraction=options.test_fraction, seed=options.seed,
-                                    compression=options.compression,
-                                    extra_attrs={"synth": synth_attr})
-        work = functools.partial(_call_part_task, options=options,
-                                 cif_dir=str(cif_path) if cif_path else None)
-        resumed = run_parts(slices, work, parts_dir, merger, workers=options.workers,
-                            item_timeout=options.file_timeout, on_part=on_part)
-        result = merger.finish()
-    except BaseException:
-        if merger is not None:
-            merger.abort()
-        raise
-    finally:
-        bar.close()
+    work = functools.partial(_call_part_task, options=options,
+                             cif_dir=str(cif_path) if cif_path else None)
+    result, resumed = write_dataset(
+        slices, work, parts_dir, output,
+        merger_options=dict(build_options=options.build_options(), test_fraction=options.test_fraction,
+                            seed=options.seed, compression=options.compression,
+                            extra_attrs={"synth": synth_attr}),
+        workers=options.workers, item_timeout=options.file_timeout,
+        progress=progress_bar(stop - start, "synth", "structure", progress))
     import h5py
 
     with h5py.File(output, "r") as h5:
         sgs = Counter(dataset.decode_strings(h5["structures/space_group"][...]))
-    shutil.rmtree(parts_dir, ignore_errors=True)
     return SynthSummary(output=output, n_requested=stop - start, n_structures=result["n_structures"],
                         failures=result["failures"], seconds=time.perf_counter() - t0,
                         shard=tuple(shard), index_range=(start, stop), resumed_parts=resumed,
