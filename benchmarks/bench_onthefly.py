@@ -97,25 +97,15 @@ def _config(overrides: dict):
 
 def measure_training(cfg, src, epochs: int, start_batch: int = 0) -> float:
     """samples/s of model.fit over epochs 2..N (the first compiles), from batch ``start_batch``."""
-    import keras
-
     from phasenet.training import losses  # noqa: F401
     from phasenet.training.data import keras_dataset
     from phasenet.training.models import build_model
-    from phasenet.training.run import _compile
+    from phasenet.training.run import compile_model
 
-    model = _compile(build_model(cfg, src.n_reflections), cfg)
-    times = []
+    from bench_train import timed_fit  # the same timing loop (benchmarks/ is on sys.path)
 
-    class Timer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            times.append(time.perf_counter() - self.t)
-
-    model.fit(keras_dataset(src, start_batch=start_batch), epochs=epochs, steps_per_epoch=src.steps_per_epoch,
-              callbacks=[Timer()], verbose=0, shuffle=False)
+    model = compile_model(build_model(cfg, src.n_reflections), cfg)
+    times = timed_fit(model, keras_dataset(src, start_batch=start_batch), epochs, src.steps_per_epoch)
     return src.steps_per_epoch * cfg.run.batch_size * (len(times) - 1) / sum(times[1:])
 
 

@@ -38,6 +38,24 @@ MODELS = {  # name: (reflections r2_max, task, overrides)
 }
 
 
+def timed_fit(model, dataset, epochs: int, steps_per_epoch: int) -> list[float]:
+    """``model.fit`` on ``dataset``; the seconds of each epoch (the first one compiles)."""
+    import keras
+
+    times = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.t)
+
+    model.fit(dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=[Timer()],
+              verbose=0, shuffle=False)
+    return times
+
+
 def write_dataset(path: Path, n: int, r2_max: int, seed: int = 0, compression: str | None = "lzf") -> Path:
     """A schema-v1 file with random rows (only the arrays training reads)."""
     import h5py
@@ -84,25 +102,15 @@ def measure(model_name: str, data: Path, batch: int, epochs: int, in_memory: boo
     from phasenet.training.config import TrainConfig, apply_overrides
     from phasenet.training.data import BatchSource, keras_dataset
     from phasenet.training.models import build_model
-    from phasenet.training.run import _compile
+    from phasenet.training.run import compile_model
 
     r2, task, over = MODELS[model_name]
     cfg = apply_overrides(TrainConfig(), [("data.r2_max", r2), ("data.task", task),
                                           ("run.batch_size", batch), ("run.seed", seed),
                                           ("data.in_memory", in_memory), *over.items()])
     src = BatchSource(data, cfg, "train", shuffle=True)
-    model = _compile(build_model(cfg, src.n_reflections), cfg)
-    times = []
-
-    class Timer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            times.append(time.perf_counter() - self.t)
-
-    model.fit(keras_dataset(src), epochs=epochs, steps_per_epoch=src.steps_per_epoch,
-              callbacks=[Timer()], verbose=0, shuffle=False)
+    model = compile_model(build_model(cfg, src.n_reflections), cfg)
+    times = timed_fit(model, keras_dataset(src), epochs, src.steps_per_epoch)
     src.close()
     samples = src.steps_per_epoch * batch
     timed = times[1:] or times

@@ -199,7 +199,7 @@ def _whole_replicas(rows, replicas: int, split: str, batch_size: int):
     return rows
 
 
-def _compile(model, cfg: TrainConfig):
+def compile_model(model, cfg: TrainConfig):
     import keras
 
     from phasenet.training.losses import SignLoss, sign_metrics
@@ -407,7 +407,7 @@ def _fit(cfg, cfg_dict, backend, path, train_rows, test_rows, out, state, latest
                 model = keras.saving.load_model(latest / "model.keras")
                 _restore_rng_states(model, state.get("rng_states", {}))
             else:
-                model = _compile(build_model(cfg, train_src.n_reflections), cfg)
+                model = compile_model(build_model(cfg, train_src.n_reflections), cfg)
         if verbose is None:
             verbose = 1 if sys.stdout.isatty() else 2
         print(f"[train] {cfg.run.name}: {cfg.data.task} model {model.name}, {model.count_params():,} "

@@ -181,10 +181,10 @@ MIXED = """
     # what a fresh run and a resumed one (both under the mixed policy) train with
     from phasenet.training.config import load_config
     from phasenet.training.models import build_model
-    from phasenet.training.run import _compile
+    from phasenet.training.run import compile_model
     keras.mixed_precision.set_global_policy("mixed_float16")
     cfg = load_config(DEMO, list(dict(BASE, **{{"model.width": 32}}).items()))
-    optimizers = [type(_compile(build_model(cfg, 709), cfg).optimizer).__name__, type(
+    optimizers = [type(compile_model(build_model(cfg, 709), cfg).optimizer).__name__, type(
         keras.saving.load_model(r"{out}/checkpoints/epoch-0003/model.keras").optimizer).__name__]
     keras.mixed_precision.set_global_policy("float32")
     p = final.predict(x, verbose=0)
