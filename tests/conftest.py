@@ -13,6 +13,8 @@ import pytest
 #: ../shared/data/real relative to the repository root; never copied into the repo.
 REAL_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: the project's own small test files (tests/data, made by tests/data/make_test_data.py)
+TEST_DATA_DIR = REPO_ROOT / "tests" / "data"
 
 
 #: The fixtures that read ../shared/data/real. A test that uses any of them (directly or
@@ -95,3 +97,16 @@ def first_structure(path):
 def structure_of(real_cif):
     """structure_of("name.cif") -> the file's first Structure."""
     return lambda name: first_structure(real_cif(name))
+
+
+@pytest.fixture(scope="session")
+def test_data():
+    """test_data("name.cif") -> Path of a file in tests/data (fails clearly if missing)."""
+
+    def get(name: str) -> Path:
+        p = TEST_DATA_DIR / name
+        if not p.is_file():
+            pytest.fail(f"{p} missing: run tests/data/make_test_data.py")
+        return p
+
+    return get

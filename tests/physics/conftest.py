@@ -9,13 +9,11 @@ is under test). Both use the IT92 form factors phasenet uses.
 
 import phasenet  # noqa: F401  (first: cctbx import order)
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 
 #: What the documentation (README, structure factors) claims against cctbx's direct
 #: summation with the same IT92 form factors: amplitude R at most 5e-4 and complex R
@@ -118,16 +116,3 @@ def cctbx_ref():
     return SimpleNamespace(from_structure=from_structure, from_file=from_file, fcalc=fcalc,
                            r_factors=r_factors, assert_agrees=assert_agrees,
                            amplitude_r_max=AMPLITUDE_R_MAX, complex_r_max=COMPLEX_R_MAX)
-
-
-@pytest.fixture(scope="session")
-def test_data():
-    """test_data("name.cif") -> Path of a file in tests/data (fails clearly if missing)."""
-
-    def get(name: str) -> Path:
-        p = DATA_DIR / name
-        if not p.is_file():
-            pytest.fail(f"{p} missing: run tests/data/make_test_data.py")
-        return p
-
-    return get
