@@ -122,7 +122,8 @@ def register_method(name: str, factory: Factory, *, argument: str | None = None,
     ``factory`` is a callable returning the method (usually its class), or a
     ``"module:attribute"`` string naming one, imported only when the method is first used.
     With ``argument`` (e.g. ``"RUN_DIR"``), ``name`` is a family: ``name:ARG`` is the method
-    ``factory(ARG)``. A name registered already raises ValueError unless ``replace``.
+    ``factory(ARG)``. A name may be both a method and a family (``net`` and ``net:RUN_DIR``).
+    A name registered already (as the same kind) raises ValueError unless ``replace``.
     """
     if not isinstance(name, str) or not name or any(c.isspace() for c in name) or ":" in name:
         raise ValueError(f"phasing method name must be non-empty text without spaces or ':', got {name!r}")
@@ -132,10 +133,10 @@ def register_method(name: str, factory: Factory, *, argument: str | None = None,
     if not isinstance(factory, str) and not callable(factory):
         raise ValueError(f"phasing method {name!r}: factory must be 'module:attribute' or a callable, "
                          f"got {factory!r}")
-    if not replace and (name in _methods or name in _families):
+    table = _methods if argument is None else _families
+    if not replace and name in table:
         raise ValueError(f"phasing method {name!r} is registered already (pass replace=True to replace it)")
-    _methods.pop(name, None)
-    _families.pop(name, None)
+    table.pop(name, None)
     if argument is None:
         _methods[name] = factory
     else:
@@ -253,3 +254,5 @@ register_method("random", "phasenet.baselines.random:RandomPhases")
 register_method("patterson", "phasenet.baselines.patterson:HeavyAtomMethod")
 register_method("charge-flipping", "phasenet.baselines.charge_flipping:ChargeFlippingMethod")
 register_method("model", "phasenet.baselines.model:ModelMethod", argument="RUN_DIR")
+register_method("net", "phasenet.baselines.network:NetworkMethod")
+register_method("net", "phasenet.baselines.network:NetworkMethod", argument="RUN_DIR")

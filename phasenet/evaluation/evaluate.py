@@ -208,7 +208,9 @@ def batched_rows(rows_src: DatasetRows, indices, method: PhasingMethod, d_mins, 
     (:func:`scored_problem`), shown to the method through ``problem_for``, and all
     applicable structures are phased in one ``phases_batch`` call. Nothing beyond d_min
     and nothing of the true structure (phases, positions, the stored model input) reaches
-    the method; the rows are scored as every other method's.
+    the method; the rows are scored as every other method's. A method whose results are
+    dicts ``{stage: phases}`` (``net``: network, starts, polish) gives a row per stage: the
+    last under the method's own name, the others as ``NAME/STAGE``.
     """
     name = method.name
     out = []
@@ -256,21 +258,37 @@ def batched_rows(rows_src: DatasetRows, indices, method: PhasingMethod, d_mins, 
                 results = [exc] * len(applicable)
             per_structure = (time.perf_counter() - t0) / len(applicable)
             for i, res in zip(applicable, results):
-                row = rows[i]
-                t1 = time.perf_counter()
-                try:
-                    if isinstance(res, Exception):
-                        raise res
-                    phases, note = res if isinstance(res, tuple) else (res, "")
-                    finish_row(row, scored[i], phases, d, options)
-                    row.update(status="ok", reason=note)
-                except PhasingFailed as exc:
-                    row.update(status="failed", reason=str(exc))
-                except Exception as exc:  # noqa: BLE001
-                    row.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
-                row["seconds"] += per_structure + time.perf_counter() - t1
+                if isinstance(res, dict):  # a method with stages: a row per stage
+                    stages = list(res)
+                    for k, stage in enumerate(stages):
+                        stage_name = name if k == len(stages) - 1 else f"{name}/{stage}"
+                        row = rows[i] if k == len(stages) - 1 else {**rows[i], "method": stage_name}
+                        _finish_batched(row, scored[i], res[stage], d, options, per_structure)
+                        if k < len(stages) - 1:
+                            rows[(i, stage)] = row
+                else:
+                    _finish_batched(rows[i], scored[i], res, d, options, per_structure)
         out.extend(rows.values())
     return out
+
+
+def _finish_batched(row: dict, p: PhasingProblem, res, d: float, options: EvaluateOptions,
+                    per_structure: float) -> None:
+    """Score one result of ``phases_batch`` (phases, (phases, note) or an exception) into ``row``."""
+    t1 = time.perf_counter()
+    try:
+        if isinstance(res, Exception):
+            raise res
+        phases, note = res if isinstance(res, tuple) else (res, "")
+        finish_row(row, p, phases, d, options)
+        row.update(status="ok", reason=note)
+    except NotApplicable as exc:
+        row.update(status="not-applicable", reason=str(exc))
+    except PhasingFailed as exc:
+        row.update(status="failed", reason=str(exc))
+    except Exception as exc:  # noqa: BLE001
+        row.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
+    row["seconds"] = row.get("seconds", 0.0) + per_structure + time.perf_counter() - t1
 
 
 # ---------------------------------------------------------------------------

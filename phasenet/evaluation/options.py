@@ -17,6 +17,7 @@ from phasenet.options import Options, flag, option
 
 if TYPE_CHECKING:  # made on first use (cctbx): see default_charge_flipping
     from phasenet.baselines.charge_flipping import ChargeFlippingOptions
+    from phasenet.baselines.network import NetworkOptions
     from phasenet.baselines.patterson import HeavyAtomOptions
 
 BASE_METHODS = ("true", "random", "patterson", "charge-flipping")
@@ -31,6 +32,12 @@ def default_charge_flipping():
     from phasenet.baselines.charge_flipping import ChargeFlippingOptions
 
     return ChargeFlippingOptions()
+
+
+def default_network():
+    from phasenet.baselines.network import NetworkOptions
+
+    return NetworkOptions()
 
 
 def default_heavy_atom():
@@ -81,6 +88,16 @@ class EvaluateOptions(Options):
             "recycling.cycles": flag("--ha-recycling-cycles", type=int,
                                      help="heavy-atom method: E-Fourier recycling cycles, 0 = heavy-atom "
                                      "phases as they come (default %(default)s)")})
+    network: NetworkOptions = option(
+        default_factory=default_network, nested={
+            "starts": flag("--net-starts", type=int,
+                           help="net: runs per structure, the first from no phases, the others from "
+                           "random signs (default %(default)s)"),
+            "cycles": flag("--net-cycles", type=int,
+                           help="net: recycling cycles per run (default %(default)s)"),
+            "polish_starts": flag("--net-polish-starts", type=int,
+                                  help="net: the best runs polished by charge flipping, 0 = no polish "
+                                  "(default %(default)s)")})
 
     def __post_init__(self):
         if not self.methods:

@@ -99,6 +99,15 @@ class ModelSection:
     output_activation: str = "linear"  # autoencoder reconstruction
     # a registered model (phasenet.training.registry); "": mlp for sign, autoencoder
     architecture: str = ""
+    # phasing-net (phasenet.training.phasing_net, docs/phasing-network.md)
+    filters: int = 32  # 3-D convolution filters (the stem and the residual blocks)
+    conv_blocks: int = 1  # residual 3-D convolution blocks on the coarse grid
+    mixer_blocks: int = 2  # MLP-mixer blocks over the coarse voxels
+    mixer_channels: int = 0  # channels of the mixer tokens (0: 2 x filters)
+    head_filters: int = 8  # channels of the full-grid head
+    token_width: int = 256  # hidden width of the token-mixing MLP
+    channel_width: int = 128  # hidden width of the channel-mixing MLP
+    cycles: int = 2  # recycling: the training model unrolls this many cycles (1..cycles drawn per sample)
 
 
 @dataclass
@@ -196,6 +205,9 @@ RANGES = {
     "output.keep_checkpoints": (1, None),
     "data.repeats": (1, None), "data.workers": (0, 64), "data.epoch_size": (0, None),
     "data.synth_max_edge": (5.0, None),
+    "model.filters": (1, 1024), "model.conv_blocks": (0, 64), "model.mixer_blocks": (0, 64),
+    "model.mixer_channels": (0, 4096), "model.head_filters": (1, 1024), "model.token_width": (1, None), "model.channel_width": (1, None),
+    "model.cycles": (1, 8),
 }
 #: [lo, hi] pairs: (minimum, maximum or None, may be empty []).
 PAIRS = {

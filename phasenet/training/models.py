@@ -79,7 +79,13 @@ def build_autoencoder(cfg, n_reflections: int) -> keras.Model:
 
 
 def export_model(model: keras.Model, task: str) -> keras.Model:
-    """An uncompiled copy for ``model.keras``: sign models output probabilities P(sign = 1)."""
+    """An uncompiled copy for ``model.keras``: sign models output probabilities P(sign = 1).
+    A recycling model (:mod:`phasenet.training.phasing_net`) exports its core, which takes
+    the phase estimate as a third input."""
+    from phasenet.training.phasing_net import CORE_NAME, export_core
+
+    if any(layer.name == CORE_NAME for layer in model.layers):
+        return export_core(model)
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
     if task != "sign":

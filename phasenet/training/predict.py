@@ -82,20 +82,37 @@ class Predictor:
             inputs["cell"] = cell_features(cell)
         return inputs if len(inputs) > 1 else x
 
-    def predict(self, intensity, cell=None, batch_size: int = 256, mask=None) -> np.ndarray:
+    @property
+    def takes_phase(self) -> bool:
+        """True for a recycling model (:mod:`phasenet.training.phasing_net`): its inputs include
+        ``"phase"``, the current estimate of the signs (expected sign in [-1, 1], 0 = none)."""
+        names = self.model.input_names if hasattr(self.model, "input_names") else []
+        inputs = self.model.input if isinstance(self.model.input, dict) else {}
+        return "phase" in inputs or "phase" in names
+
+    def predict(self, intensity, cell=None, batch_size: int = 256, mask=None, phase=None) -> np.ndarray:
         """The model output (N, R): sign probabilities, or the reconstruction."""
         x = self._inputs(intensity, cell, mask)
+        if self.takes_phase:
+            phase = np.zeros_like(x["intensity"]) if phase is None else np.asarray(phase, dtype=np.float32)
+            if phase.shape != x["intensity"].shape:
+                raise PredictorError(f"phase must be {x['intensity'].shape} like the intensities, got {phase.shape}")
+            x["phase"] = phase
+        elif phase is not None:
+            raise PredictorError(f"{self.run_dir}: this model takes no phase estimate (no recycling)")
         return np.asarray(self.model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float32)
 
     def predict_sign_probability(self, intensity: np.ndarray, cell: np.ndarray | None = None,
-                                 batch_size: int = 256, mask: np.ndarray | None = None) -> np.ndarray:
+                                 batch_size: int = 256, mask: np.ndarray | None = None,
+                                 phase: np.ndarray | None = None) -> np.ndarray:
         """(N, R) probability that the sign label is 1 (phase 0), at the stored origin.
 
         ``intensity``: the stored intensities (``input`` "stored") or network_input's e2
-        (``input`` "network", with ``mask``)."""
+        (``input`` "network", with ``mask``); ``phase``: a recycling model's current
+        estimate (default: none, zeros)."""
         if self.task != "sign":
             raise PredictorError(f"{self.run_dir}: a {self.task} model predicts no signs")
-        return self.predict(intensity, cell, batch_size, mask=mask)
+        return self.predict(intensity, cell, batch_size, mask=mask, phase=phase)
 
 
 def load_predictor(run_dir: str | Path) -> Predictor:
@@ -114,6 +131,9 @@ def load_predictor(run_dir: str | Path) -> Predictor:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
+    from phasenet.training.registry import load_custom_objects
+
+    load_custom_objects(config)
     model = keras.saving.load_model(model_path)
     hkl = canonical_hkl(info["max_index"], info["r2_max"] or None)
     if len(hkl) != info["n_reflections"]:

@@ -71,4 +71,12 @@ def get_model_builder(name: str):
 
 # the built-in models (phasenet.training.models, imported with Keras on first build)
 register_model("mlp", "phasenet.training.models:build_mlp", tasks=("sign",))
+register_model("phasing-net", "phasenet.training.phasing_net:build_phasing_net", tasks=("sign",))
 register_model("autoencoder", "phasenet.training.models:build_autoencoder", tasks=("autoencoder",))
+
+
+def load_custom_objects(cfg) -> None:
+    """Import the module of ``cfg``'s model, so that the Keras layers it registers are
+    known before a saved model is loaded (a checkpoint, or a run's ``model.keras``)."""
+    name = resolve_architecture(cfg.model.architecture, cfg.data.task)
+    get_model_builder(name)

@@ -404,6 +404,9 @@ def _fit(cfg, cfg_dict, backend, path, train_rows, test_rows, out, state, latest
         rows = list(state["history"]) if state else []
         with scope:
             if state:
+                from phasenet.training.registry import load_custom_objects
+
+                load_custom_objects(cfg)
                 model = keras.saving.load_model(latest / "model.keras")
                 _restore_rng_states(model, state.get("rng_states", {}))
             else:

@@ -1,0 +1,260 @@
+"""``net`` and ``net:RUN_DIR``: the phasing network with several starts and a classical polish.
+
+The network (:mod:`phasenet.training.phasing_net`, a recycling sign model) sees what every
+method sees at a d_min: the amplitudes to d_min, normalised without the answer
+(:func:`phasenet.training.inputs.network_input`), in the reference setting of its space
+group (P2₁/n and P2₁/a are reindexed to P2₁/c, A-1 and B-1 to P-1 by
+:mod:`phasenet.settings`; the phases go back to the input's setting at the end). Then
+(:func:`predict`, also ``phasenet.predict``):
+
+1. **network**: one start from no phases, ``cycles`` recycling cycles (each cycle's
+   expected signs, averaged over symmetry-equivalent reflections, are the next cycle's
+   input); the signs are those of the last cycle;
+2. **starts**: ``starts`` runs, the first as in 1, the others from random signs; the best
+   by the figure of merit (below) is kept;
+3. **polish**: charge flipping (:func:`phasenet.baselines.polish.charge_flip_polish`)
+   from the ``polish_starts`` best starts, on every reflection given (those off the
+   network's grid start from random signs); the best by the figure of merit is kept.
+
+**Figure of merit** (:func:`phasenet.physics.figures_of_merit.triplet_consistency`): the
+|E|-weighted consistency of the triplets among the strongest reflections, a structure
+invariant that needs no origin and that random signs score ≈ 0 on; see
+``docs/phasing-network.md`` for the measurement that chose it over map skewness and the
+network's own confidence.
+
+The evaluation reports the three stages as the methods ``net/network``, ``net/starts``
+and ``net`` (the polished result), so that what the network itself contributes is seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from phasenet.baselines.registry import BATCHED, NotApplicable, PhasingMethod
+
+#: The reference settings the network is trained for (cctbx's symbols).
+SUPPORTED = ("P -1", "P 1 21/c 1")
+#: The stages, in order; the last is the method's own row.
+STAGES = ("network", "starts", "polish")
+
+
+def shipped_model_dir() -> Path:
+    """The pretrained model shipped with the package (``phasenet/resources/models/phasing-net``)."""
+    import phasenet.resources
+
+    return Path(phasenet.resources.__file__).resolve().parent / "models" / "phasing-net"
+
+
+@dataclass(frozen=True)
+class NetworkOptions:
+    starts: int = 8  # runs: the first from no phases, the others from random signs
+    cycles: int = 3  # recycling cycles per run
+    polish_starts: int = 2  # the best starts polished by charge flipping (0: no polish)
+    polish_cycles: int = 200  # charge-flipping cycles of the polish
+    seed: int = 0
+
+
+@dataclass
+class NetworkPhasing:
+    """The phases of each stage for one structure (input setting, NaN: unphased) and their
+    figures of merit; ``probability`` is the network's P(phase 0) of the kept start
+    (NaN off its grid)."""
+
+    stages: dict = field(default_factory=dict)  # stage -> phases (N,)
+    fom: dict = field(default_factory=dict)  # stage -> figure of merit
+    start_fom: np.ndarray | None = None  # (starts,) the figure of merit of each start
+    probability: np.ndarray | None = None  # (N,)
+    setting: str = ""  # "P 1 21/n 1 -> P 1 21/c 1" or ""
+    n_off_grid: int = 0
+
+    @property
+    def phases(self) -> np.ndarray:
+        return self.stages[list(self.stages)[-1]]
+
+
+class GridSymmetry:
+    """Symmetry-equivalent reflections on a model's grid: ``average(m)`` replaces each
+    reflection's expected sign m by the mean over its equivalents on the grid (with the
+    sign factor exp(-2πi h·t) = ±1 of each operator x → Rx + t)."""
+
+    def __init__(self, grid_hkl, sym):
+        from phasenet.reflections import friedel_representative, lookup
+
+        grid = np.asarray(grid_hkl, dtype=np.int64)
+        idx, fac = [], []
+        for rot, t in zip(np.asarray(sym.rotations), np.asarray(sym.translations, dtype=float)):
+            rep, _ = friedel_representative(grid @ np.asarray(rot, dtype=np.int64))
+            idx.append(lookup(grid, rep))
+            fac.append(np.cos(2 * np.pi * (grid @ t)))
+        self.index = np.stack(idx)  # (K, R), -1 off the grid
+        self.factor = np.where(self.index >= 0, np.round(np.stack(fac)), 0.0)  # (K, R)
+        self.count = np.maximum((self.factor != 0).sum(axis=0), 1)
+
+    def average(self, m: np.ndarray) -> np.ndarray:
+        """(..., R) expected signs → the same averaged over equivalents."""
+        taken = m[..., np.maximum(self.index, 0)]  # (..., K, R)
+        return (taken * self.factor).sum(axis=-2) / self.count
+
+
+def recycle(predictor, e2, mask, *, starts: int, cycles: int, seed: int, grid_symmetry=None,
+            batch_size: int = 256) -> np.ndarray:
+    """(N, S, R) P(phase 0) after ``cycles`` cycles from ``starts`` starts per structure
+    (start 0 from no phases, the others from random signs of strength 0.7);
+    ``grid_symmetry``: one :class:`GridSymmetry` per structure (or None)."""
+    n, r = e2.shape
+    rng = np.random.default_rng([seed, 11])
+    phase = rng.choice([-0.7, 0.7], size=(n, starts, r)).astype(np.float32)
+    phase[:, 0] = 0.0
+    e2s = np.repeat(e2[:, None], starts, axis=1).reshape(-1, r)
+    masks = np.repeat(mask[:, None], starts, axis=1).reshape(-1, r)
+    phase = phase.reshape(-1, r) * masks
+    for c in range(max(1, cycles)):
+        p = predictor.predict_sign_probability(e2s, mask=masks, phase=phase, batch_size=batch_size)
+        m = (2.0 * p - 1.0).reshape(n, starts, r)
+        if grid_symmetry is not None:  # one GridSymmetry per structure
+            m = np.stack([g.average(m[i]) for i, g in enumerate(grid_symmetry)])
+        phase = (m.reshape(-1, r) * masks).astype(np.float32)
+    return ((phase + 1.0) / 2.0).reshape(n, starts, r)
+
+
+def _fom(hkl, e, phases, sym) -> float:
+    from phasenet.physics.figures_of_merit import triplet_consistency
+
+    ok = np.isfinite(phases)
+    if ok.sum() < 3:
+        return float("-inf")
+    v = triplet_consistency(hkl[ok], e[ok], phases[ok], sym)
+    return float(v) if np.isfinite(v) else float("-inf")
+
+
+def predict(problems, predictor, options: NetworkOptions | None = None) -> list[NetworkPhasing]:
+    """The network's phases, stage by stage, for each problem (anything with ``hkl``,
+    ``amplitude`` (NaN or 0: not given), ``cell`` and ``symops``): see the module docstring.
+    Problems the network cannot take raise NotApplicable (returned in their place)."""
+    from phasenet.baselines.polish import charge_flip_polish
+    from phasenet.physics.wilson import normalise_amplitudes
+    from phasenet.settings import reference_setting
+    from phasenet.symmetry import symmetry
+    from phasenet.training.inputs import network_input
+
+    options = options or NetworkOptions()
+    grid = np.asarray(predictor.hkl, dtype=np.int64)
+    prepared, out = [], [None] * len(problems)
+    for n, p in enumerate(problems):
+        try:
+            prepared.append((n, _reference_problem(p, reference_setting)))
+        except NotApplicable as exc:
+            out[n] = exc
+    if not prepared:
+        return out
+    e2 = np.zeros((len(prepared), len(grid)), dtype=np.float32)
+    mask = np.zeros_like(e2)
+    gsyms, positions = [], []
+    for j, (_, (change, hkl, amp, cell, sym)) in enumerate(prepared):
+        x = network_input(grid, hkl, amp, cell, sym)
+        e2[j], mask[j] = x.e2, x.mask
+        gsyms.append(_grid_symmetry(grid, sym))
+        from phasenet.reflections import friedel_representative, lookup
+
+        positions.append(lookup(grid, friedel_representative(hkl)[0]))
+    prob = recycle(predictor, e2, mask, starts=options.starts, cycles=options.cycles, seed=options.seed,
+                   grid_symmetry=gsyms)
+    for j, (n, (change, hkl, amp, cell, sym)) in enumerate(prepared):
+        pos = positions[j]
+        on = pos >= 0
+        given = np.isfinite(amp) & (amp > 0)
+        e = np.sqrt(normalise_amplitudes(hkl, np.where(given, amp, np.nan), cell, sym).e2)
+        start_phases = np.full((options.starts, len(hkl)), np.nan)
+        start_phases[:, on] = np.where(prob[j][:, pos[on]] > 0.5, 0.0, np.pi)
+        start_phases[:, ~given] = np.nan
+        foms = np.array([_fom(hkl, e, ph, sym) for ph in start_phases])
+        best = int(np.argmax(foms))
+        res = NetworkPhasing(start_fom=foms, n_off_grid=int((given & ~on).sum()))
+        res.stages["network"], res.fom["network"] = start_phases[0], float(foms[0])
+        res.stages["starts"], res.fom["starts"] = start_phases[best], float(foms[best])
+        res.probability = np.full(len(hkl), np.nan)
+        res.probability[on] = prob[j][best, pos[on]]
+        if options.polish_starts > 0:
+            rng = np.random.default_rng([options.seed, 13, n])
+            polished = []
+            for s in np.argsort(-foms, kind="stable")[:options.polish_starts]:
+                start = np.where(np.isfinite(start_phases[s]), start_phases[s],
+                                 rng.choice([0.0, np.pi], len(hkl)))
+                ph, _ = charge_flip_polish(hkl, np.where(given, e, np.nan), start, cell, sym,
+                                           cycles=options.polish_cycles)
+                polished.append((_fom(hkl, e, ph, sym), ph))
+            f, ph = max(polished, key=lambda t: t[0])
+            res.stages["polish"], res.fom["polish"] = ph, float(f)
+        if change is not None:
+            res.setting = f"{change.symbol_in} -> {change.symbol_reference}"
+            for k, ph in res.stages.items():
+                res.stages[k] = change.phases_from_reference(hkl, ph)
+        out[n] = res
+    return out
+
+
+def _grid_symmetry(grid, sym):
+    return GridSymmetry(grid, sym)
+
+
+def _reference_problem(p, reference_setting):
+    """(change or None, hkl, amplitude (NaN: not given), cell, symmetry) in the reference setting."""
+    from phasenet.symmetry import symmetry
+
+    sym = symmetry(p.symops)
+    if not sym.has_origin_inversion:
+        raise NotApplicable("no inversion centre at the origin: the network predicts signs")
+    try:
+        change = reference_setting(p.cell, p.symops)
+    except ValueError as exc:
+        raise NotApplicable(f"no reference setting: {exc}") from None
+    if change.symbol_reference not in SUPPORTED:
+        raise NotApplicable(f"space group {change.symbol_reference}: the network is trained for "
+                            f"{' and '.join(SUPPORTED)} (and their other settings)")
+    amp = np.asarray(p.amplitude, dtype=float)
+    if change.is_identity:
+        return None, np.asarray(p.hkl, dtype=np.int64), amp, p.cell, sym
+    try:
+        hkl = change.hkl_to_reference(p.hkl)
+    except ValueError as exc:
+        raise NotApplicable(f"reindexing to {change.symbol_reference}: {exc}") from None
+    return change, hkl, amp, change.cell_reference, symmetry(change.symops_reference)
+
+
+class NetworkMethod(PhasingMethod):
+    """``net`` (the shipped model) or ``net:RUN_DIR`` (a trained run of a recycling model)."""
+
+    needs = frozenset()
+    execution = BATCHED
+    stages = STAGES
+
+    def __init__(self, run_dir: str | None = None):
+        self.run_dir = run_dir
+        self.name = "net" if run_dir is None else f"net:{run_dir}"
+        self.predictor = None
+
+    def prepare(self, options):
+        from phasenet.training.predict import load_predictor
+
+        run_dir = self.run_dir or shipped_model_dir()
+        self.predictor = load_predictor(run_dir)
+        if not self.predictor.takes_phase:
+            raise NotApplicable(f"{run_dir}: not a recycling model (use model:{run_dir})")
+
+    def check(self, problem, options):
+        if not problem.centric_origin:
+            raise NotApplicable("no inversion centre at the origin: the network predicts signs")
+
+    def phases_batch(self, problems, options):
+        opts = getattr(options, "network", None) or NetworkOptions()
+        out = []
+        for res in predict(problems, self.predictor, opts):
+            if isinstance(res, Exception):
+                out.append(res)
+                continue
+            note = f"reindexed {res.setting}" if res.setting else ""
+            out.append({stage: (res.stages[stage], note) for stage in res.stages})
+        return out
