@@ -1,7 +1,7 @@
 """The command line: ``phasenet COMMAND ...``, one module per command.
 
 Each command module (:mod:`~phasenet.cli.build`, ``info``, ``synth``, ``train``,
-``evaluate``, ``merge``, ``slurm``, ``demo``) has ``add_arguments(parser)``,
+``evaluate``, ``solve``, ``merge``, ``slurm``, ``demo``) has ``add_arguments(parser)``,
 ``execute(args)`` (parsed arguments -> exit status) and ``run(args=None)`` (an argument
 list -> exit status; tests call it in-process). :func:`main` only dispatches.
 Heavy modules (numba, cctbx's solvers, Keras) are imported inside ``execute``.
@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from phasenet.cli import build, demo, evaluate, info, merge, slurm, synth, train
+from phasenet.cli import build, demo, evaluate, info, merge, slurm, solve, synth, train
 from phasenet.cli.common import EXIT_ERROR, EXIT_FAILURES, EXIT_OK
 
 #: The commands, in the order ``phasenet --help`` lists them.
-COMMANDS = (build, info, synth, train, evaluate, merge, slurm, demo)
+COMMANDS = (build, info, synth, train, evaluate, solve, merge, slurm, demo)
 
 __all__ = ["COMMANDS", "EXIT_ERROR", "EXIT_FAILURES", "EXIT_OK", "build_parser", "main"]
 

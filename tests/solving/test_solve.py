@@ -1,0 +1,197 @@
+"""``phasenet solve`` end to end on real measured data (P-1 and P2₁/n), its files read
+back with gemmi, the errors it gives for bad inputs, truncation and reindexing."""
+
+import phasenet  # noqa: F401  (first: cctbx import order)
+
+import json
+import shutil
+
+import gemmi
+import numpy as np
+import pytest
+
+from phasenet.cli import solve as solve_cli
+from phasenet.cli.common import EXIT_ERROR, EXIT_OK
+from phasenet.evaluation.metrics import score_phases
+from phasenet.physics.structure_factors import structure_factors
+from phasenet.solving.errors import SolveError
+from phasenet.solving.prepare import MIN_REFLECTIONS
+from phasenet.solving.solver import solve
+from phasenet.symmetry import symmetry
+from tests.conftest import first_structure
+from tests.io.test_solution import read_res
+
+#: small real structures whose measured data fit the model (manifest: data_fits_model_R1 < 0.15)
+REAL = {"P -1": "cod-tools_2242045.cif", "P 1 21/n 1": "ccdc-bestcsp_MCE-PNA_manual.cif"}
+
+
+def read_mtz(path):
+    mtz = gemmi.read_mtz_file(str(path))
+    labels = [c.label for c in mtz.columns]
+    data = np.array(mtz, copy=False)
+    return mtz, labels, data[:, :3].astype(int), data[:, labels.index("F")], np.radians(data[:, labels.index("PHI")])
+
+
+@pytest.fixture(scope="module", params=sorted(REAL))
+def solved(request, real_cif, tmp_path_factory):
+    path = real_cif(REAL[request.param])
+    out = tmp_path_factory.mktemp("solve") / "out"
+    assert solve_cli.run([str(path), "-o", str(out), "--quiet"]) == EXIT_OK
+    return request.param, path, out
+
+
+def test_charge_flipping_solves_real_data_at_full_resolution(solved):
+    sg, path, out = solved
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "charge-flipping" and summary["d_min_requested"] is None
+    assert summary["d_min"] == pytest.approx(summary["d_min_data"])
+    mtz, labels, hkl, f, phi = read_mtz(out / "solution.mtz")
+    assert labels[:3] == ["H", "K", "L"] and {"F", "PHI", "E"} <= set(labels)
+    assert mtz.spacegroup.xhm() == sg  # the input's setting
+    s = first_structure(path)
+    np.testing.assert_allclose(mtz.cell.parameters, s.cell, atol=1e-3)
+    f_true = structure_factors(s, hkl, dtype=np.float64)
+    score, _ = score_phases(hkl, f, np.angle(f_true), phi, s.symops)
+    assert score.map_cc >= 0.7, (sg, score)
+    # map and .res read back
+    ccp4 = gemmi.read_ccp4_map(str(out / "map.ccp4"))
+    np.testing.assert_allclose(ccp4.grid.unit_cell.parameters, s.cell, atol=1e-3)
+    assert ccp4.grid.spacegroup.xhm() == sg
+    rho = np.array(ccp4.grid, copy=False)
+    assert rho.max() > 5 * rho.std()
+    cell, res_sym, atoms = read_res(out / "solution.res")
+    np.testing.assert_allclose(cell, s.cell, atol=1e-3)
+    assert res_sym == symmetry(s.symops)  # CELL and SYMM are the input's (P2₁/n stays P2₁/n)
+    assert len(atoms) == summary["n_peaks"] > 5
+    # the peaks lie on atoms of the published structure (at the best origin the CC found)
+    true = s.atoms.frac[~np.isin(s.atoms.element, ["H", "D"])]
+    peaks = np.array([a[2] for a in atoms])
+    shift = np.array(score.origin_shift)
+    sym = symmetry(s.symops)
+    imgs = (np.einsum("oij,nj->noi", sym.rotations, true) + sym.translations[None]).reshape(-1, 3)
+    if score.inverted:
+        peaks = -peaks
+    from phasenet.evaluation.maps import min_distances
+
+    d = min_distances(peaks - shift, imgs, s.cell)
+    assert np.mean(d < 0.5) >= 0.6, np.round(d, 2)
+
+
+def test_summary_text_and_files(solved):
+    sg, _, out = solved
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["solution.mtz", "map.ccp4", "peaks.csv", "solution.res", "summary.txt", "summary.json"])
+    text = (out / "summary.txt").read_text()
+    assert "charge-flipping" in text and "fom" in text and "completeness" in text
+    if sg == "P 1 21/n 1":
+        assert "reindexed P 1 21/n 1 -> P 1 21/c 1" in text
+    assert not list(out.parent.glob(".out.partial-*"))
+
+
+def test_truncated_run_says_what_it_did(real_cif, tmp_path, capsys):
+    path = real_cif(REAL["P 1 21/n 1"])
+    assert solve_cli.run([str(path), "-o", str(tmp_path / "t"), "--d-min", "2.0", "--quiet"]) == EXIT_OK
+    printed = capsys.readouterr().out
+    summary = json.loads((tmp_path / "t" / "summary.json").read_text())
+    assert summary["d_min_requested"] == 2.0 and summary["d_min"] >= 2.0 - 1e-9
+    dropped = summary["counts"]["dropped_by_d_min"]
+    assert dropped > 0.5 * summary["counts"]["unique"]
+    note = next(n for n in summary["notes"] if n.startswith("truncated at d_min 2 Å"))
+    assert f"{dropped} of" in note and note in printed
+    # coarse data: the default rule leaves charge flipping only when no heavy atom / net
+    assert summary["methods_why"].startswith("data reach only")
+    _, _, hkl, _, _ = read_mtz(tmp_path / "t" / "solution.mtz")
+    c = summary["counts"]
+    assert len(hkl) == summary["n_reflections"] == c["unique"] - c["absent_measured"] - dropped
+
+
+def test_python_api_returns_phases_map_and_peaks(test_data, tmp_path):
+    sol = solve(test_data("p21n_aniso.cif"), seed=1)
+    assert sol.method == "charge-flipping" and np.isfinite(sol.phases).all()
+    assert sol.density().max() > 5 * sol.density().std()
+    assert len(sol.peaks) > 5
+    files = sol.write(tmp_path / "o")
+    assert json.loads(open(files["summary.json"]).read())["seed"] == 1
+    with pytest.raises(SolveError, match="exists and is not empty"):
+        sol.write(tmp_path / "o")
+
+
+# -- bad inputs
+
+
+def test_unreadable_file(tmp_path, capsys):
+    bad = tmp_path / "broken.cif"
+    bad.write_text("data_x\n_cell_length_a 'unterminated\n")
+    assert solve_cli.run([str(bad), "-o", str(tmp_path / "o"), "--quiet"]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "broken.cif" in err and "error" in err
+    with pytest.raises(SolveError) as exc:
+        solve(tmp_path / "missing.hkl")
+    assert exc.value.kind == "unreadable" and "missing.hkl" in str(exc.value)
+    assert not (tmp_path / "o").exists()
+
+
+def write_hkl(path, hkl, i, sigma):
+    path.write_text("".join(f"{h:4d}{k:4d}{l:4d}{a:8.2f}{s:8.2f}\n" for (h, k, l), a, s in zip(hkl, i, sigma))
+                    + "   0   0   0    0.00    0.00\n")
+
+
+@pytest.fixture(scope="module")
+def p21n_hkl(test_data):
+    """(path of the paired HKLF 4 file, cell) of tests/data/p21n_aniso."""
+    s = first_structure(test_data("p21n_aniso.cif"))
+    return test_data("p21n_aniso.hkl"), s.cell
+
+
+def test_hkl_with_options_and_ins(p21n_hkl, tmp_path):
+    path, cell = p21n_hkl
+    cell_text = " ".join(map(str, cell))
+    sol = solve(path, cell=cell_text, space_group="P 1 21/n 1", composition="C10 H10 N2 O S")
+    assert sol.summary["setting"]["input"] == "P 1 21/n 1"
+    ins = tmp_path / "x.ins"
+    ins.write_text(f"TITL x\nCELL 0.71073 {cell_text}\nLATT 1\nSYMM 0.5-X, 0.5+Y, 0.5-Z\n"
+                   "SFAC C H N O S\nUNIT 40 40 8 4 4\nHKLF 4\nEND\n")
+    sol2 = solve(path, ins=ins)
+    assert symmetry(sol2.symops) == symmetry("P 1 21/n 1")
+    assert sol2.composition == {"C": 40, "H": 40, "N": 8, "O": 4, "S": 4}
+    with pytest.raises(SolveError, match="give --cell or --ins"):
+        solve(path, space_group=14)
+
+
+def test_unsupported_space_group(p21n_hkl):
+    path, cell = p21n_hkl
+    with pytest.raises(SolveError) as exc:
+        solve(path, cell=" ".join(map(str, cell)), space_group="P 99/z")
+    assert exc.value.kind == "unsupported-space-group" and "p21n_aniso.hkl" in str(exc.value)
+
+
+def test_too_few_reflections(p21n_hkl, tmp_path):
+    path, cell = p21n_hkl
+    lines = path.read_text().splitlines()[:60]
+    small = tmp_path / "few.hkl"
+    small.write_text("\n".join(lines) + "\n   0   0   0    0.00    0.00\n")
+    with pytest.raises(SolveError) as exc:
+        solve(small, cell=" ".join(map(str, cell)), space_group="P 1 21/n 1")
+    assert exc.value.kind == "too-few-reflections" and "few.hkl" in str(exc.value)
+    assert f"at least {MIN_REFLECTIONS}" in str(exc.value)
+
+
+def test_inconsistent_cell(p21n_hkl, tmp_path):
+    """Data declared in a group whose absences they violate (C2/c: h+k odd must be
+    absent; in these P2₁/n data they are strong), and a cell far too small for the indices."""
+    path, cell = p21n_hkl
+    with pytest.raises(SolveError) as exc:  # a C-centred group: h+k odd must be absent, they are strong
+        solve(path, cell=" ".join(map(str, cell)), space_group="C 1 2/c 1")
+    assert exc.value.kind == "inconsistent-cell" and "p21n_aniso.hkl" in str(exc.value)
+    assert "systematically absent are strong" in str(exc.value)
+    with pytest.raises(SolveError) as exc:  # a cell far too small for the indices
+        solve(path, cell="1.5 1.5 1.5 90 90 90", space_group="P 1 21/n 1")
+    assert exc.value.kind == "inconsistent-cell" and "no diffraction experiment" in str(exc.value)
+
+
+def test_cli_errors_name_the_file(p21n_hkl, tmp_path, capsys):
+    path, _ = p21n_hkl
+    assert solve_cli.run([str(path), "-o", str(tmp_path / "o"), "--space-group", "14", "--quiet"]) == EXIT_ERROR
+    assert "p21n_aniso.hkl: a SHELX .hkl holds no cell" in capsys.readouterr().err
+    assert solve_cli.run([str(path), "-o", str(tmp_path / "o"), "--method", "nonesuch", "--quiet"]) == EXIT_ERROR
+    assert "Unknown phasing method 'nonesuch'" in capsys.readouterr().err
