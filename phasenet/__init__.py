@@ -50,6 +50,8 @@ _LAZY = {
     "patterson_map": "phasenet.baselines.patterson",
     "charge_flip": "phasenet.baselines.charge_flipping",
     "load_predictor": "phasenet.training.predict",
+    "predict": "phasenet.baselines.network",
+    "NetworkOptions": "phasenet.baselines.network",
     "solve": "phasenet.solving.solver",
     "SolveError": "phasenet.solving.errors",
 }

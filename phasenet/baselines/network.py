@@ -12,9 +12,13 @@ group (P2₁/n and P2₁/a are reindexed to P2₁/c, A-1 and B-1 to P-1 by
    input); the signs are those of the last cycle;
 2. **starts**: ``starts`` runs, the first as in 1, the others from random signs; the best
    by the figure of merit (below) is kept;
-3. **polish**: charge flipping (:func:`phasenet.baselines.polish.charge_flip_polish`)
-   from the ``polish_starts`` best starts, on every reflection given (those off the
-   network's grid start from random signs); the best by the figure of merit is kept.
+3. **polish**: charge flipping in the space group
+   (:func:`phasenet.baselines.polish.charge_flip_polish`) from the ``polish_starts`` best
+   starts, on every reflection given (those off the network's grid start from random
+   signs); where the data reach ``cf_below`` (1.3 Å) or finer, cctbx's charge flipping from
+   random phases (:mod:`phasenet.baselines.charge_flipping`) is one more candidate, so that
+   the pipeline is never worse than charge flipping where charge flipping works; the
+   best candidate by the figure of merit is kept.
 
 **Figure of merit** (:func:`phasenet.physics.figures_of_merit.triplet_consistency`): the
 |E|-weighted consistency of the triplets among the strongest reflections, a structure
@@ -54,6 +58,10 @@ class NetworkOptions:
     cycles: int = 3  # recycling cycles per run
     polish_starts: int = 2  # the best starts polished by charge flipping (0: no polish)
     polish_cycles: int = 200  # charge-flipping cycles of the polish
+    refine_rounds: int = 1  # rounds of network recycling + a shorter polish after the polish
+    #: data reaching this d_min (Å) or finer: cctbx's charge flipping from random phases joins
+    #: the polish's candidates (it solves 96 % at 1.0 Å, where a polish of poor starts may not)
+    cf_below: float = 1.3
     seed: int = 0
 
 
@@ -105,8 +113,9 @@ def recycle(predictor, e2, mask, *, starts: int, cycles: int, seed: int, grid_sy
     (start 0 from no phases, the others from random signs of strength 0.7);
     ``grid_symmetry``: one :class:`GridSymmetry` per structure (or None)."""
     n, r = e2.shape
-    rng = np.random.default_rng([seed, 11])
-    phase = rng.choice([-0.7, 0.7], size=(n, starts, r)).astype(np.float32)
+    # every structure gets the same starts (whatever its place in the batch)
+    one = np.random.default_rng([seed, 11]).choice([-0.7, 0.7], size=(starts, r)).astype(np.float32)
+    phase = np.repeat(one[None], n, axis=0)
     phase[:, 0] = 0.0
     e2s = np.repeat(e2[:, None], starts, axis=1).reshape(-1, r)
     masks = np.repeat(mask[:, None], starts, axis=1).reshape(-1, r)
@@ -130,10 +139,22 @@ def _fom(hkl, e, phases, sym) -> float:
     return float(v) if np.isfinite(v) else float("-inf")
 
 
-def predict(problems, predictor, options: NetworkOptions | None = None) -> list[NetworkPhasing]:
+def load_network(model=None):
+    """A predictor: ``None`` the shipped model, a run folder, or a loaded predictor as is."""
+    from phasenet.training.predict import Predictor, load_predictor
+
+    if isinstance(model, Predictor):
+        return model
+    return load_predictor(shipped_model_dir() if model is None else model)
+
+
+def predict(problems, model=None, options: NetworkOptions | None = None) -> list[NetworkPhasing]:
     """The network's phases, stage by stage, for each problem (anything with ``hkl``,
-    ``amplitude`` (NaN or 0: not given), ``cell`` and ``symops``): see the module docstring.
-    Problems the network cannot take raise NotApplicable (returned in their place)."""
+    ``amplitude`` (NaN or 0: not given), ``cell`` and ``symops``, e.g. a
+    :class:`~phasenet.evaluation.problem.PhasingProblem`): see the module docstring.
+    ``model``: None (the shipped model), a run folder or a loaded predictor
+    (:func:`load_network`). A problem the network cannot take gets the NotApplicable
+    exception in its place. Also ``phasenet.predict``."""
     from phasenet.baselines.polish import charge_flip_polish
     from phasenet.physics.wilson import normalise_amplitudes
     from phasenet.settings import reference_setting
@@ -141,6 +162,7 @@ def predict(problems, predictor, options: NetworkOptions | None = None) -> list[
     from phasenet.training.inputs import network_input
 
     options = options or NetworkOptions()
+    predictor = load_network(model)
     grid = np.asarray(predictor.hkl, dtype=np.int64)
     prepared, out = [], [None] * len(problems)
     for n, p in enumerate(problems):
@@ -178,14 +200,21 @@ def predict(problems, predictor, options: NetworkOptions | None = None) -> list[
         res.probability = np.full(len(hkl), np.nan)
         res.probability[on] = prob[j][best, pos[on]]
         if options.polish_starts > 0:
-            rng = np.random.default_rng([options.seed, 13, n])
-            polished = []
+            rng = np.random.default_rng([options.seed, 13])
+            ea = np.where(given, e, np.nan)
+            phs = []
             for s in np.argsort(-foms, kind="stable")[:options.polish_starts]:
                 start = np.where(np.isfinite(start_phases[s]), start_phases[s],
                                  rng.choice([0.0, np.pi], len(hkl)))
-                ph, _ = charge_flip_polish(hkl, np.where(given, e, np.nan), start, cell, sym,
-                                           cycles=options.polish_cycles)
-                polished.append((_fom(hkl, e, ph, sym), ph))
+                phs.append(charge_flip_polish(hkl, ea, start, cell, sym, cycles=options.polish_cycles)[0])
+            polished = [(_fom(hkl, e, ph, sym), ph) for ph in phs]
+            for _ in range(options.refine_rounds):  # the network improves the polished phases
+                phs = _refine(predictor, e2[j], mask[j], phs, pos, gsyms[j], options.cycles)
+                phs = [charge_flip_polish(hkl, ea, ph, cell, sym, cycles=options.polish_cycles // 2)[0]
+                       for ph in phs]
+                polished += [(_fom(hkl, e, ph, sym), ph) for ph in phs]
+            if _d_min(hkl[given], cell) <= options.cf_below:
+                polished.append(_cctbx_candidate(hkl, amp, cell, sym, e, options.seed))
             f, ph = max(polished, key=lambda t: t[0])
             res.stages["polish"], res.fom["polish"] = ph, float(f)
         if change is not None:
@@ -194,6 +223,47 @@ def predict(problems, predictor, options: NetworkOptions | None = None) -> list[
                 res.stages[k] = change.phases_from_reference(hkl, ph)
         out[n] = res
     return out
+
+
+def _refine(predictor, e2, mask, phases, pos, grid_symmetry, cycles) -> list:
+    """The network's recycling started from each phase set of ``phases`` (one structure):
+    its signs replace theirs on the grid (the rest kept)."""
+    on = pos >= 0
+    start = np.zeros((len(phases), len(e2)), dtype=np.float32)
+    for i, ph in enumerate(phases):
+        ok = on & np.isfinite(ph)
+        start[i, pos[ok]] = np.cos(ph[ok])
+    k = len(phases)
+    e2s, masks = np.repeat(e2[None], k, axis=0), np.repeat(mask[None], k, axis=0)
+    m = start * masks
+    for _ in range(max(1, cycles)):
+        p = predictor.predict_sign_probability(e2s, mask=masks, phase=m.astype(np.float32))
+        m = grid_symmetry.average(2.0 * p - 1.0) * masks
+    out = []
+    for i, ph in enumerate(phases):
+        new = np.array(ph, dtype=float)
+        ok = on & np.isfinite(ph)
+        new[ok] = np.where(m[i, pos[ok]] >= 0, 0.0, np.pi)
+        out.append(new)
+    return out
+
+
+def _d_min(hkl, cell) -> float:
+    from phasenet.reflections import d_spacings
+
+    return float(d_spacings(hkl, cell).min()) if len(hkl) else float("inf")
+
+
+def _cctbx_candidate(hkl, amp, cell, sym, e, seed) -> tuple[float, np.ndarray]:
+    """(figure of merit, phases) of cctbx's charge flipping from random phases (-inf if it fails)."""
+    from phasenet.baselines.charge_flipping import charge_flip
+
+    try:
+        r = charge_flip(hkl, amp, cell, sym.triplets, seed=seed)
+    except (ValueError, RuntimeError):
+        return float("-inf"), np.full(len(hkl), np.nan)
+    ph = np.where(np.isfinite(r.phases), r.phases, 0.0)
+    return _fom(hkl, e, ph, sym), ph
 
 
 def _grid_symmetry(grid, sym):
@@ -237,12 +307,9 @@ class NetworkMethod(PhasingMethod):
         self.predictor = None
 
     def prepare(self, options):
-        from phasenet.training.predict import load_predictor
-
-        run_dir = self.run_dir or shipped_model_dir()
-        self.predictor = load_predictor(run_dir)
+        self.predictor = load_network(self.run_dir)
         if not self.predictor.takes_phase:
-            raise NotApplicable(f"{run_dir}: not a recycling model (use model:{run_dir})")
+            raise NotApplicable(f"{self.run_dir}: not a recycling model (use model:{self.run_dir})")
 
     def check(self, problem, options):
         if not problem.centric_origin:

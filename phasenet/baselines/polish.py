@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from phasenet.baselines.registry import NotApplicable, PhasingMethod
 from phasenet.symmetry import symmetry
 
 #: δ as a multiple of the |E| map's standard deviation (F(000) = 0); measured: 0.4-0.6 converges
@@ -108,3 +109,52 @@ def charge_flip_polish(hkl, e, phases, cell, symops, *, cycles: int = 100, delta
     out = np.full(len(e), np.nan)
     out[given] = best_phi
     return out, float(best_fom)
+
+
+def flip_from_random(hkl, amplitude, cell, symops, *, starts: int = 8, cycles: int = 200, seed: int = 0,
+                     delta: float = DEFAULT_DELTA) -> tuple[np.ndarray, float, np.ndarray]:
+    """(phases, figure of merit, the figure of each start): :func:`charge_flip_polish` from
+    ``starts`` starts, the first with every phase 0 (the start ``net``'s first run has: no
+    phases), the others random signs; the best by the triplet figure of merit
+    (:func:`phasenet.physics.figures_of_merit.triplet_consistency`) kept. ``amplitude``:
+    |F| (NaN or 0: not given), normalised here without the answer."""
+    from phasenet.physics.figures_of_merit import triplet_consistency
+    from phasenet.physics.wilson import normalise_amplitudes
+
+    hkl = np.asarray(hkl, dtype=np.int64)
+    amp = np.asarray(amplitude, dtype=float)
+    given = np.isfinite(amp) & (amp > 0)
+    sym = symmetry(symops)
+    e = np.sqrt(normalise_amplitudes(hkl, np.where(given, amp, np.nan), cell, sym).e2)
+    e = np.where(given, e, np.nan)
+    x = P1Expansion(hkl[given], cell, sym)
+    rng = np.random.default_rng([seed, 17])
+    results = []
+    for k in range(starts):
+        start = np.pi * rng.integers(0, 2, len(hkl)) if k else np.zeros(len(hkl))
+        ph, _ = charge_flip_polish(hkl, e, start, cell, sym, cycles=cycles, delta=delta, expansion=x)
+        ok = np.isfinite(ph)
+        fom = triplet_consistency(hkl[ok], e[ok], ph[ok], sym) if ok.sum() >= 3 else float("-inf")
+        results.append((float(fom) if np.isfinite(fom) else float("-inf"), ph))
+    foms = np.array([f for f, _ in results])
+    best = int(np.argmax(foms))
+    return results[best][1], float(foms[best]), foms
+
+
+class SpaceGroupFlippingMethod(PhasingMethod):
+    """``sg-flipping``: the polish of ``net`` alone, from as many starts as ``net`` has
+    (``EvaluateOptions.network``), the first all phases 0, the others random: the classical
+    reference for what the network's starts add. Structures with an inversion centre at
+    the origin."""
+
+    name = "sg-flipping"
+
+    def check(self, problem, options):
+        if not problem.centric_origin:
+            raise NotApplicable("no inversion centre at the origin: the polish works on signs")
+
+    def phases(self, problem, seed, options):
+        net = options.network
+        ph, fom, foms = flip_from_random(problem.hkl, problem.amplitude, problem.cell, problem.symops,
+                                         starts=net.starts, cycles=net.polish_cycles, seed=seed)
+        return np.where(np.isfinite(ph), ph, 0.0), f"best of {len(foms)} starts, fom {fom:.2f}"

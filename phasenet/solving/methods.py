@@ -158,6 +158,8 @@ def run_method(name: str, prepared: PreparedData, problem, options, seed: int = 
 
 
 def _unpack(out):
+    if isinstance(out, dict):  # a method with stages (net): the last is its result
+        out = out[list(out)[-1]]
     if isinstance(out, tuple):
         phases = out[0]
         note = str(out[1]) if len(out) > 1 else ""

@@ -83,6 +83,10 @@ class DataSection:
     synth_atoms: list = field(default_factory=lambda: [8, 50])  # synth: non-H atoms per asymmetric unit
     synth_packing: str = "dense"  # synth: phasenet.synth.generate.PACKINGS
     synth_max_edge: float = 15.0  # synth: longest cell edge, Å
+    # phasing-net: phase hints in training ([lo, hi] fraction of wrong signs; []: none), given to
+    # a share of the samples (phasenet.training.onthefly.phase_hint)
+    hint: list = field(default_factory=list)
+    hint_share: float = 0.5
 
 
 @dataclass
@@ -204,7 +208,7 @@ RANGES = {
     "optimizer.learning_rate": (0.0, None), "optimizer.clipnorm": (0.0, None),
     "output.keep_checkpoints": (1, None),
     "data.repeats": (1, None), "data.workers": (0, 64), "data.epoch_size": (0, None),
-    "data.synth_max_edge": (5.0, None),
+    "data.synth_max_edge": (5.0, None), "data.hint_share": (0.0, 1.0),
     "model.filters": (1, 1024), "model.conv_blocks": (0, 64), "model.mixer_blocks": (0, 64),
     "model.mixer_channels": (0, 4096), "model.head_filters": (1, 1024), "model.token_width": (1, None), "model.channel_width": (1, None),
     "model.cycles": (1, 8),
@@ -213,10 +217,12 @@ RANGES = {
 PAIRS = {
     "data.u_iso": (0.0, 1.0, True), "data.d_min": (0.0, None, True), "data.drop": (0.0, 0.95, False),
     "data.scale": (0.0, None, False), "data.synth_atoms": (1, None, False),
+    "data.hint": (0.0, 1.0, True),
 }
 #: The source-independent default of each on-the-fly key (a stored-data config must leave them).
 ONTHEFLY_KEYS = ("u_iso", "d_min", "drop", "scale", "origin_shift", "repeats", "workers",
-                 "epoch_size", "space_groups", "synth_atoms", "synth_packing", "synth_max_edge")
+                 "epoch_size", "space_groups", "synth_atoms", "synth_packing", "synth_max_edge",
+                 "hint", "hint_share")
 
 SWEEP_MODES = ("product", "zip")
 

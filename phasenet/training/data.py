@@ -628,6 +628,8 @@ def _slot_layout(src):
         layout.append(("mask", (b, r)))
     if src.cell_input:
         layout.append(("cell", (b, 6)))
+    if getattr(src, "hint", False):
+        layout.append(("hint", (b, r)))
     if src.task == "sign":
         layout.append(("y", (b, r, 3)))
     return layout
@@ -670,8 +672,9 @@ def _reader_main(conn, buffer, src, layout, n_slots):
                 v["x"][:n] = xi
                 if "mask" in v:
                     v["mask"][:n] = x["mask"]
-                if "cell" in v:
-                    v["cell"][:n] = x["cell"]
+                for k in ("cell", "hint"):
+                    if k in v:
+                        v[k][:n] = x[k]
                 if "y" in v:
                     v["y"][:n] = y
                 reply = (i, slot, n, None)
@@ -787,9 +790,9 @@ class _ProcessReader:
                     raise RuntimeError(f"batch reader process failed:\n{text}")
                 v = self.views[slot]
                 x = v["x"][:n].copy()
-                if "mask" in v or "cell" in v:
+                if "mask" in v or "cell" in v or "hint" in v:
                     x = {"intensity": x}
-                    for k in ("mask", "cell"):
+                    for k in ("mask", "cell", "hint"):
                         if k in v:
                             x[k] = v[k][:n].copy()
                 if "y" not in v:

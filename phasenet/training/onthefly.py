@@ -195,6 +195,22 @@ def shell_input(amplitude: np.ndarray, s2: np.ndarray, given: np.ndarray, eps_di
     return (np.sqrt(v) ** 2).astype(np.float32), given.astype(np.float32)
 
 
+def phase_hint(sign: np.ndarray, wrong: tuple, share: float, rng: np.random.Generator) -> np.ndarray:
+    """(B, R) float32 training hints for a recycling model (``data.hint``): for a share of
+    the samples, the true signs (±1 on the labelled reflections, at the sample's origin) with
+    a fraction uniform in ``wrong`` of them turned over, times a strength uniform in
+    [0.3, 1]; 0 for the other samples. A model learns from them to improve a partly right
+    phase set (what it is given back when recycling, or from a classical polish)."""
+    b, r = sign.shape
+    labelled = sign >= 0
+    s = np.where(sign > 0, 1.0, -1.0)
+    f = rng.uniform(wrong[0], wrong[1], (b, 1))
+    turn = rng.random((b, r)) < f
+    strength = rng.uniform(0.3, 1.0, (b, 1))
+    use = rng.random((b, 1)) < share
+    return (np.where(turn, -s, s) * labelled * strength * use).astype(np.float32)
+
+
 @lru_cache(maxsize=64)
 def grid_plan(max_index: int, r2_max: int | None, sym: Symmetry) -> GridPlan:
     return GridPlan(canonical_hkl(max_index, r2_max), sym)
@@ -393,6 +409,9 @@ class OnTheFlySource:
         self.transform = d.input_transform
         self.cell_input = cfg.model.cell_input
         self.weight_source = cfg.loss.weight_source
+        # phase hints for a recycling model in training (data.hint: wrong-sign fraction range)
+        self.hint = bool(d.hint) and cfg.model.architecture == "phasing-net"
+        self.hint_range, self.hint_share = tuple(d.hint) or (0.0, 0.0), d.hint_share
         self.aug = augmentation or Augmentation.from_config(d)
         self.own_u = not self.aug.u_iso
         self.max_index, self.r2_max = d.max_index, cfg.r2_max_or_none()
@@ -518,6 +537,9 @@ class OnTheFlySource:
         x = {"intensity": e2, "mask": s.mask}
         if self.cell_input:
             x["cell"] = cell_features(s.cell)
+        if self.hint:
+            x["hint"] = phase_hint(s.sign, self.hint_range, self.hint_share,
+                                   np.random.default_rng([self.seed, self.tag, 1 << 20, int(i)]))
         w_src = s.intensity_calc if self.weight_source == "calc" else e2
         return x, np.stack([s.sign, w_src, s.intensity_calc], axis=-1)
 

@@ -21,7 +21,9 @@ the voxels): what makes it train on a CPU.
 
 **Recycling.** The training model unrolls ``cycles`` applications of the core: cycle 0
 starts from no phases (or, with probability ½, from random signs of random strength,
-as inference's random starts do); each later cycle is given tanh(logit/2)·mask of the
+as inference's random starts do; or, with ``data.hint``, for a share of the samples from
+the true signs with a random fraction of them wrong, so that the network learns to
+improve a partly right phase set, what a classical polish hands it); each later cycle is given tanh(logit/2)·mask of the
 one before, with the gradient stopped; the final application, the only one trained,
 starts from the estimate after a number of cycles drawn per sample (1..``cycles``).
 Inference (:mod:`phasenet.training.predict`) runs the exported core as many cycles as
@@ -110,22 +112,27 @@ class AmplitudeE(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="phasenet")
 class StartPhase(layers.Layer):
-    """The phase estimate the first cycle starts from: 0 at inference; in training, 0 for
-    half the samples and random signs · U(0, 1) (on the given reflections) for the rest."""
+    """The phase estimate the first cycle starts from: 0 at inference; in training, the
+    sample's hint where it has one (``data.hint``: partly right signs), else 0 for half the
+    samples and random signs · U(0, 1) (on the given reflections) for the rest."""
 
     def __init__(self, seed=0, **kwargs):
         super().__init__(**kwargs)
         self.seed = int(seed)
         self.seed_generator = keras.random.SeedGenerator(self.seed)
 
-    def call(self, mask, training=False):
+    def call(self, mask, hint=None, training=False):
         if not training:
             return ops.zeros_like(mask)
         b = ops.shape(mask)[0]
         signs = ops.sign(keras.random.uniform(ops.shape(mask), -1.0, 1.0, seed=self.seed_generator))
         strength = keras.random.uniform((b, 1), 0.0, 1.0, seed=self.seed_generator)
         use = ops.cast(keras.random.uniform((b, 1), 0.0, 1.0, seed=self.seed_generator) < 0.5, mask.dtype)
-        return signs * strength * use * mask
+        start = signs * strength * use * mask
+        if hint is None:
+            return start
+        has_hint = ops.cast(ops.max(ops.abs(hint), axis=-1, keepdims=True) > 0, mask.dtype)
+        return has_hint * hint * mask + (1.0 - has_hint) * start
 
     def get_config(self):
         return {**super().get_config(), "seed": self.seed}
@@ -241,15 +248,19 @@ def build_phasing_net(cfg, n_reflections: int) -> keras.Model:
     core = build_core(cfg, n_reflections)
     e2 = keras.Input((n_reflections,), name="intensity")
     mask = keras.Input((n_reflections,), name="mask")
+    inputs = {"intensity": e2, "mask": mask}
     seed = cfg.run.seed
-    estimates = [StartPhase(seed, name="start_phase")(mask)]
+    if cfg.data.hint:  # training hints (phasenet.training.onthefly.phase_hint), unused at inference
+        inputs["hint"] = keras.Input((n_reflections,), name="hint")
+        estimates = [StartPhase(seed, name="start_phase")(mask, inputs["hint"])]
+    else:
+        estimates = [StartPhase(seed, name="start_phase")(mask)]
     for c in range(cfg.model.cycles - 1):
         z = core({"intensity": e2, "mask": mask, "phase": estimates[-1]})
         estimates.append(Recycle(name=f"recycle_{c}")(z, mask))
     start = CycleChoice(seed, name="cycle_choice")(estimates)
     logits = core({"intensity": e2, "mask": mask, "phase": start})
-    return keras.Model({"intensity": e2, "mask": mask}, logits,
-                       name=f"phasing_net_f{cfg.model.filters}_m{cfg.model.mixer_blocks}")
+    return keras.Model(inputs, logits, name=f"phasing_net_f{cfg.model.filters}_m{cfg.model.mixer_blocks}")
 
 
 def export_core(model: keras.Model) -> keras.Model:
