@@ -15,6 +15,7 @@ from phasenet.cli.common import EXIT_ERROR, EXIT_OK
 from phasenet.evaluation.metrics import score_phases
 from phasenet.physics.structure_factors import structure_factors
 from phasenet.solving.errors import SolveError
+from phasenet.solving.inputs import read_input
 from phasenet.solving.prepare import MIN_REFLECTIONS
 from phasenet.solving.solver import solve
 from phasenet.symmetry import symmetry
@@ -195,3 +196,86 @@ def test_cli_errors_name_the_file(p21n_hkl, tmp_path, capsys):
     assert "p21n_aniso.hkl: a SHELX .hkl holds no cell" in capsys.readouterr().err
     assert solve_cli.run([str(path), "-o", str(tmp_path / "o"), "--method", "nonesuch", "--quiet"]) == EXIT_ERROR
     assert "Unknown phasing method 'nonesuch'" in capsys.readouterr().err
+
+
+# -- MTZ input
+
+
+def write_merged_mtz(cif, path):
+    """An MTZ of the merged measured data of a real CIF, read as ``solve`` reads a CIF:
+    H K L, FP SIGFP (F, Q) and then I-obs SIGI-obs (J, Q), with its cell and space group.
+    Returns the number of unique reflections written."""
+    from phasenet.physics.merging import merge_onto_grid
+    from phasenet.reflections import d_spacings, laue_asu_keys, sphere_hkl
+
+    data = read_input(cif)
+    sym = symmetry(data.symops)
+    hkl = np.asarray(data.observations.hkl, dtype=np.int64)
+    hkl = hkl[~(hkl == 0).all(axis=1)]
+    grid = sphere_hkl(data.cell, float(d_spacings(hkl, data.cell).min()) * (1 - 1e-9))
+    _, first = np.unique(laue_asu_keys(grid, sym.rotations), return_index=True)
+    grid = grid[first]
+    merged = merge_onto_grid(data.observations, sym.rotations, grid)
+    ok = np.isfinite(merged.intensity)
+    grid, i, sig_i = grid[ok], merged.intensity[ok], merged.sigma[ok]
+    assert np.isfinite(sig_i).all() and (sig_i > 0).all()
+    f = np.sqrt(np.maximum(i, 0))
+    sig_f = np.where(f > 0, sig_i / (2 * np.maximum(f, 1e-9)), np.sqrt(sig_i))
+    mtz = gemmi.Mtz(with_base=True)
+    mtz.spacegroup = gemmi.find_spacegroup_by_ops(gemmi.GroupOps([gemmi.Op(t) for t in data.symops]))
+    mtz.set_cell_for_all(gemmi.UnitCell(*data.cell))
+    mtz.add_dataset("measured").wavelength = data.wavelength
+    for label, kind in (("FP", "F"), ("SIGFP", "Q"), ("I-obs", "J"), ("SIGI-obs", "Q")):
+        mtz.add_column(label, kind)
+    mtz.set_data(np.column_stack([grid, f, sig_f, i, sig_i]).astype(np.float32))
+    mtz.update_reso()
+    mtz.write_to_file(str(path))
+    return len(grid)
+
+
+@pytest.mark.parametrize("sg", sorted(REAL))
+def test_mtz_input_solves_with_named_columns(sg, real_cif, tmp_path):
+    """Merged real data written to an MTZ (intensities after an amplitude column, so that
+    the intensity column must be named) solve by charge flipping as the CIF does."""
+    path = real_cif(REAL[sg])
+    mtz_path = tmp_path / "merged.mtz"
+    n_written = write_merged_mtz(path, mtz_path)
+    out = tmp_path / "out"
+    assert solve_cli.run([str(mtz_path), "-o", str(out), "--mtz-column", "I-obs", "--mtz-sigma", "SIGI-obs",
+                          "--quiet"]) == EXIT_OK
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "charge-flipping" and summary["space_group"] == sg
+    assert summary["counts"]["measured"] == n_written == summary["counts"]["unique"]
+    # the dataset's wavelength (Cu Kα for the P2₁/n data) reaches solution.res
+    wavelength = float(next(line for line in (out / "solution.res").read_text().splitlines()
+                            if line.startswith("CELL")).split()[1])
+    assert wavelength == pytest.approx(read_input(path).wavelength, abs=1e-4)
+    mtz, _, hkl, f, phi = read_mtz(out / "solution.mtz")
+    assert mtz.spacegroup.xhm() == sg
+    s = first_structure(path)
+    np.testing.assert_allclose(mtz.cell.parameters, s.cell, atol=1e-3)
+    score, _ = score_phases(hkl, f, np.angle(structure_factors(s, hkl, dtype=np.float64)), phi, s.symops)
+    assert score.map_cc >= 0.7, (sg, score)
+    # the amplitude column, named, gives the same amplitudes
+    sol_f = solve(mtz_path, mtz_column="FP", mtz_sigma="SIGFP")
+    sol_i = solve(mtz_path)  # default: the first J column, and the Q column after it
+    assert sol_i.summary["n_reflections"] == sol_f.summary["n_reflections"] == len(hkl)
+    np.testing.assert_allclose(sol_f.amplitude, sol_i.amplitude, rtol=1e-4, atol=1e-3)
+
+
+def test_mtz_wrong_column_names_the_file_and_the_columns(real_cif, tmp_path, capsys):
+    mtz_path = tmp_path / "merged.mtz"
+    write_merged_mtz(real_cif(REAL["P -1"]), mtz_path)
+    with pytest.raises(SolveError) as exc:
+        solve(mtz_path, mtz_column="IMEAN")
+    assert exc.value.kind == "bad-option"
+    assert str(exc.value).startswith(f"{mtz_path}: no column 'IMEAN'")
+    assert "columns: H, K, L, FP, SIGFP, I-obs, SIGI-obs" in str(exc.value)
+    with pytest.raises(SolveError, match=r"merged.mtz: no sigma column 'SIGIMEAN' \(columns: H, K, L, FP"):
+        solve(mtz_path, mtz_column="I-obs", mtz_sigma="SIGIMEAN")
+    with pytest.raises(SolveError, match="merged.mtz: column SIGFP has type Q, not J"):
+        solve(mtz_path, mtz_column="SIGFP")
+    assert solve_cli.run([str(mtz_path), "-o", str(tmp_path / "o"), "--mtz-column", "IMEAN", "--quiet"]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "merged.mtz: no column 'IMEAN' (columns: H, K, L, FP, SIGFP, I-obs, SIGI-obs)" in err
+    assert not (tmp_path / "o").exists()
