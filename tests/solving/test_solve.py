@@ -413,3 +413,28 @@ def test_a_wrong_length_fom_fails_the_method_only(test_data):
     assert runs[WrongLengthFom.name]["note"].startswith(f"returned ({len(sol.hkl) - 1},) figures of merit for "
                                                          f"{len(sol.hkl)} reflections")
     assert sol.method == "charge-flipping" and sol.fom is None
+
+
+class RefusesBatch(PhasingMethod):
+    """A batched method that, like ``net``'s predict, answers a problem it cannot take with
+    the NotApplicable exception in that problem's place."""
+
+    name = "refuses-batch"
+    execution = "batched"
+
+    def phases_batch(self, problems, options):
+        from phasenet.baselines.registry import NotApplicable
+
+        return [NotApplicable(f"cannot take {len(p)} reflections") for p in problems]
+
+
+def test_a_batched_methods_refusal_is_reported_not_applicable(test_data):
+    register_method(RefusesBatch.name, RefusesBatch)
+    try:
+        sol = solve(test_data("p21n_aniso.cif"), methods=[RefusesBatch.name, "charge-flipping"])
+    finally:
+        unregister_method(RefusesBatch.name)
+    runs = {r["method"]: r for r in sol.runs}
+    assert runs[RefusesBatch.name]["status"] == "not-applicable"
+    assert runs[RefusesBatch.name]["note"] == f"cannot take {len(sol.hkl)} reflections"
+    assert runs[RefusesBatch.name]["fom"] is None and sol.method == "charge-flipping"
