@@ -10,7 +10,8 @@
   CELL, LATT/SYMM and SFAC/UNIT;
 - an **MTZ** (gemmi): cell and space group from the file; the intensity or amplitude
   column named by ``mtz_column`` (else the first of type J, else the first of type F)
-  and its sigma (``mtz_sigma``, else the column after it if of type Q).
+  and its sigma (``mtz_sigma``, else the column after it if of type Q); the wavelength
+  of that column's dataset (0.71073 Å if it records none).
 
 Any failure raises :class:`~phasenet.solving.errors.SolveError` naming the file.
 """
@@ -339,4 +340,6 @@ def _read_mtz(path: Path, column, sigma) -> MeasuredData:
     if mtz.spacegroup is None:
         raise SolveError(path, "unsupported-space-group", "the MTZ file names no space group")
     symops, hm = _symops(mtz.spacegroup, path)
-    return MeasuredData(str(path), obs, tuple(mtz.cell.parameters), symops, hm)
+    wavelength = float(mtz.columns[i].dataset.wavelength)
+    return MeasuredData(str(path), obs, tuple(mtz.cell.parameters), symops, hm,
+                        wavelength=wavelength if np.isfinite(wavelength) and wavelength > 0 else 0.71073)

@@ -4,7 +4,13 @@
 d ≤ :data:`ATOMIC_RESOLUTION` Å are phased by ``charge-flipping`` (it needs atomic
 resolution and then works for any structure). Coarser data: ``net`` if it is registered,
 plus ``patterson`` if the composition has an element heavier than Z
-:data:`HEAVY_Z` (sulfur); when neither applies, ``charge-flipping`` anyway.
+:data:`HEAVY_Z` (sulfur); when neither applies, ``charge-flipping`` anyway, and
+``charge-flipping`` too when the methods the rule chose all leave the data unphased (the
+solver adds it: :data:`FALLBACK`).
+
+A method that cannot run on this installation is reported ``not-applicable`` with the
+reason (:func:`unavailable`): ``net`` before its trained model is shipped in
+``phasenet/resources/models/phasing-net``.
 
 Any registered method can be named (:func:`phasenet.baselines.registry.method_names`);
 forked methods are called with ``phases(problem, seed, options)``, batched ones with
@@ -26,9 +32,14 @@ from phasenet.solving.prepare import PreparedData
 ATOMIC_RESOLUTION = 1.2
 #: An element heavier than this (Z) makes the heavy-atom method a default at lower resolution.
 HEAVY_Z = 16
+#: The figures of merit every run lists in summary.json
+#: (:func:`phasenet.physics.figures_of_merit.figures_of_merit`; None for a run without phases).
+FIGURES = ("fom", "triplet_consistency", "skewness", "sharpness", "negativity")
+#: The method the solver adds when the default rule's methods all leave the data unphased.
+FALLBACK = "charge-flipping"
 DEFAULT_RULE = (f"charge-flipping when the data reach d <= {ATOMIC_RESOLUTION} A; otherwise net "
                 f"(if registered) plus patterson if the composition has an element with Z > {HEAVY_Z}; "
-                "charge-flipping when neither applies")
+                f"charge-flipping when neither applies, or when neither phases the data")
 
 
 def default_methods(prepared: PreparedData) -> tuple[list[str], str]:
@@ -54,6 +65,21 @@ def default_methods(prepared: PreparedData) -> tuple[list[str], str]:
     return out, f"data reach only {prepared.d_min:.2f} A; " + "; ".join(why)
 
 
+def unavailable(name: str) -> str | None:
+    """Why the registered method ``name`` cannot run on this installation, else None:
+    ``net`` (the shipped model) while ``phasenet/resources/models/phasing-net`` holds no
+    finished training run."""
+    if name != "net":
+        return None
+    from phasenet.baselines.network import shipped_model_dir
+
+    folder = shipped_model_dir()
+    if (folder / "model.keras").is_file() and (folder / "phasenet_model.json").is_file():
+        return None
+    return (f"no trained network is shipped yet ({folder} holds no model.keras and "
+            "phasenet_model.json); name a trained run with --method net:RUN_DIR")
+
+
 @dataclass
 class MethodRun:
     """One method's outcome: phases on the prepared rows (reference setting), its
@@ -62,6 +88,8 @@ class MethodRun:
     method: str
     status: str  # "ok", "not-applicable", "failed"
     phases: np.ndarray | None = None  # (R,) radians, reference setting
+    #: (R,) the method's own per-reflection figure of merit (a forked method's details["fom"]),
+    #: written as solution.mtz's FOM column; None where the method gives none
     fom_per_reflection: np.ndarray | None = None
     figures: dict = field(default_factory=dict)
     note: str = ""
@@ -70,9 +98,12 @@ class MethodRun:
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
+        """The run as summary.json lists it: the figures of merit (:data:`FIGURES` at least)
+        are None where the run has none (not applicable, failed) or they are not finite."""
+        figures = {k: None for k in FIGURES}
+        figures.update({k: (None if not np.isfinite(v) else round(float(v), 4)) for k, v in self.figures.items()})
         return {"method": self.method, "status": self.status, "note": self.note, "seed": self.seed,
-                "starts": self.starts, "seconds": round(self.seconds, 3),
-                **{k: (None if not np.isfinite(v) else round(float(v), 4)) for k, v in self.figures.items()}}
+                "starts": self.starts, "seconds": round(self.seconds, 3), **figures}
 
 
 def phasing_problem(prepared: PreparedData):
@@ -109,6 +140,9 @@ def run_method(name: str, prepared: PreparedData, problem, options, seed: int = 
     from phasenet.physics.figures_of_merit import figures_of_merit
 
     t0 = time.perf_counter()
+    why_not = unavailable(name)
+    if why_not is not None:
+        return MethodRun(name, "not-applicable", note=why_not, seconds=time.perf_counter() - t0)
     method = get_method(name)
     try:
         for need in method.needs:
@@ -132,6 +166,8 @@ def run_method(name: str, prepared: PreparedData, problem, options, seed: int = 
         try:
             if method.execution == BATCHED:
                 out = list(method.phases_batch([problem], options))[0]
+                if isinstance(out, Exception):  # a batched method's answer for a problem it cannot take
+                    raise out
             else:
                 out = method.phases(problem, seed + k, options)
         except NotApplicable as exc:
@@ -146,12 +182,17 @@ def run_method(name: str, prepared: PreparedData, problem, options, seed: int = 
         if phases.shape != (len(prepared.hkl),):
             return MethodRun(name, "failed", note=f"returned {phases.shape} phases for {len(prepared.hkl)} reflections",
                              seconds=time.perf_counter() - t0)
+        fom = details.get("fom") if isinstance(details, dict) else None
+        if fom is not None:  # a per-reflection figure of merit (solution.mtz's FOM column)
+            fom = np.asarray(fom, dtype=float)
+            if fom.shape != phases.shape:
+                return MethodRun(name, "failed", note=f"returned {fom.shape} figures of merit for "
+                                 f"{len(prepared.hkl)} reflections", seconds=time.perf_counter() - t0)
         figures = figures_of_merit(prepared.hkl_reference, prepared.e, phases, ch.cell_reference,
                                    ch.symops_reference)
         if best is None or figures["fom"] > best.figures["fom"]:
-            fom = details.get("fom") if isinstance(details, dict) else None
             best = MethodRun(name, "ok", phases=phases, figures=figures, note=note, seed=seed + k,
-                             fom_per_reflection=None if fom is None else np.asarray(fom, dtype=float))
+                             fom_per_reflection=fom)
     best.starts = n_starts
     best.seconds = time.perf_counter() - t0
     return best

@@ -42,7 +42,7 @@ def solve(input, *, methods=None, d_min: float | None = None, seed: int = 0, sta
     from phasenet.evaluation.options import EvaluateOptions
     from phasenet.physics.figures_of_merit import FOM_RULE
     from phasenet.solving.inputs import read_input
-    from phasenet.solving.methods import DEFAULT_RULE, default_methods, phasing_problem, run_method
+    from phasenet.solving.methods import DEFAULT_RULE, FALLBACK, default_methods, phasing_problem, run_method
     from phasenet.solving.prepare import prepare
 
     t0 = time.perf_counter()
@@ -59,19 +59,27 @@ def solve(input, *, methods=None, d_min: float | None = None, seed: int = 0, sta
     _say(progress, f"{len(data.observations.hkl)} reflections read ({data.observations.origin}); merging")
     prepared = prepare(data, d_min=d_min)
     why = "given"
-    if methods is None:
+    by_rule = methods is None
+    if by_rule:
         methods, why = default_methods(prepared)
     if options is None:
         options = EvaluateOptions(methods=tuple(methods))
     problem = phasing_problem(prepared)
     runs = []
-    for name in methods:
+    todo = list(methods)
+    while todo:
+        name = todo.pop(0)
         _say(progress, f"{name}: {starts} start(s) on {len(prepared.hkl)} reflections to {prepared.d_min:.2f} A")
         run = run_method(name, prepared, problem, options, seed=seed, starts=starts,
                          on_start=lambda m, k: _say(progress and starts > 1, f"{m}: start {k + 1}/{starts}"))
         _say(progress, f"{name}: {run.status}"
              + (f", fom {run.figures['fom']:.3f}" if run.status == "ok" else f": {run.note}"))
         runs.append(run)
+        if not todo and by_rule and FALLBACK not in methods and not any(r.status == "ok" for r in runs):
+            why += (f"; {FALLBACK} as the fallback: "
+                    + ", ".join(f"{r.method} {r.status}" for r in runs))
+            methods = list(methods) + [FALLBACK]
+            todo.append(FALLBACK)
     ok = [r for r in runs if r.status == "ok"]
     if not ok:
         raise SolveError(input, "no-method", "no method phased the data: "
