@@ -56,9 +56,11 @@ def shipped_model_dir() -> Path:
 class NetworkOptions:
     starts: int = 8  # runs: the first from no phases, the others from random signs
     cycles: int = 3  # recycling cycles per run
-    polish_starts: int = 2  # the best starts polished by charge flipping (0: no polish)
+    polish_starts: int = 8  # the best starts polished by charge flipping (0: no polish); 8 = all:
+    # the same polish budget as sg-flipping, so the two differ only in where the starts come from
     polish_cycles: int = 200  # charge-flipping cycles of the polish
     refine_rounds: int = 1  # rounds of network recycling + a shorter polish after the polish
+    refine_top: int = 2  # of the best polished phase sets by the figure of merit
     #: data reaching this d_min (Å) or finer: cctbx's charge flipping from random phases joins
     #: the polish's candidates (it solves 96 % at 1.0 Å, where a polish of poor starts may not)
     cf_below: float = 1.3
@@ -208,7 +210,9 @@ def predict(problems, model=None, options: NetworkOptions | None = None) -> list
                                  rng.choice([0.0, np.pi], len(hkl)))
                 phs.append(charge_flip_polish(hkl, ea, start, cell, sym, cycles=options.polish_cycles)[0])
             polished = [(_fom(hkl, e, ph, sym), ph) for ph in phs]
-            for _ in range(options.refine_rounds):  # the network improves the polished phases
+            # the network improves the best polished phase sets
+            phs = [ph for _, ph in sorted(polished, key=lambda t: -t[0])[:options.refine_top]]
+            for _ in range(options.refine_rounds if phs else 0):
                 phs = _refine(predictor, e2[j], mask[j], phs, pos, gsyms[j], options.cycles)
                 phs = [charge_flip_polish(hkl, ea, ph, cell, sym, cycles=options.polish_cycles // 2)[0]
                        for ph in phs]

@@ -631,7 +631,7 @@ def _slot_layout(src):
     if getattr(src, "hint", False):
         layout.append(("hint", (b, r)))
     if src.task == "sign":
-        layout.append(("y", (b, r, 3)))
+        layout.append(("y", (b, r, 4 if getattr(src, "hint", False) else 3)))
     return layout
 
 

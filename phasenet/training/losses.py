@@ -15,7 +15,9 @@ Origins. Moving the origin of a centrosymmetric cell by t ∈ {0,½}³ multiplie
 by f_t(h) = (-1)^(2h·t): the label becomes s where f = +1 and 1 - s where f = -1
 (:func:`phasenet.reflections.origin_sign_flips`). ``origin = "invariant"`` takes, per
 structure, the minimum of the loss over the 8 origins (as PhAI does); ``fixed``
-uses the labels as stored (the study's setting).
+uses the labels as stored (the study's setting). A 4th target channel (on-the-fly data
+with ``data.hint``) marks samples whose origin the network was given (a phase hint:
+partly right signs at the stored origin); they are scored at the stored origin.
 
 Metrics (per structure, then averaged over structures):
 
@@ -122,7 +124,13 @@ class SignLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         per = sign_loss_per_structure(y_true, y_pred, self.weight, self._masks)
-        return ops.min(per, axis=-1) if self._masks is not None else per
+        if self._masks is None:
+            return per
+        best = ops.min(per, axis=-1)
+        if y_true.shape[-1] > 3:  # a 4th channel: 1 for samples whose origin is fixed (a phase hint)
+            fixed = ops.cast(y_true[:, 0, 3], "float32")
+            return fixed * per[:, 0] + (1.0 - fixed) * best
+        return best
 
     def get_config(self):
         cfg = super().get_config()

@@ -537,11 +537,15 @@ class OnTheFlySource:
         x = {"intensity": e2, "mask": s.mask}
         if self.cell_input:
             x["cell"] = cell_features(s.cell)
+        w_src = s.intensity_calc if self.weight_source == "calc" else e2
+        y = [s.sign, w_src, s.intensity_calc]
         if self.hint:
             x["hint"] = phase_hint(s.sign, self.hint_range, self.hint_share,
                                    np.random.default_rng([self.seed, self.tag, 1 << 20, int(i)]))
-        w_src = s.intensity_calc if self.weight_source == "calc" else e2
-        return x, np.stack([s.sign, w_src, s.intensity_calc], axis=-1)
+            # a hint fixes the origin: its samples are scored at the stored origin (SignLoss)
+            hinted = (np.abs(x["hint"]).max(axis=1, keepdims=True) > 0).astype(np.float32)
+            y.append(np.broadcast_to(hinted, s.sign.shape))
+        return x, np.stack(y, axis=-1)
 
     def start(self, first_batch: int = 0):
         if self.use_process and self._reader is None and not self._complete():

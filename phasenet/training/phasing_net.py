@@ -16,7 +16,8 @@ logits): a stride-2 3×3×3 convolution stem to a grid of half the size per axis
 ``conv_blocks`` residual 3-D convolution blocks, ``mixer_blocks`` MLP-mixer blocks over
 the coarse voxels (tokens) and channels, a transposed convolution (kernel 2, stride 2) back to the full grid
 added to a per-voxel (1×1×1) view of the input, and a 3×3×3 convolution to one logit per
-voxel, read back at each reflection's voxel. The work is on the coarse grid (an eighth of
+voxel, plus a direct linear (1×1×1) path from the voxel's input to its logit, read back at
+each reflection's voxel. The work is on the coarse grid (an eighth of
 the voxels): what makes it train on a CPU.
 
 **Recycling.** The training model unrolls ``cycles`` applications of the core: cycle 0
@@ -237,6 +238,10 @@ def build_core(cfg, n_reflections: int) -> keras.Model:
     skip = layers.Conv3D(m.head_filters, 1, name="skip")(grid)
     y = layers.Activation("gelu", name="head_act")(layers.Add(name="head_join")([up, skip]))
     y = layers.Conv3D(1, 3, padding="same", dtype="float32", name="head_logit")(y)
+    # a direct linear path from each voxel's input (|E|, mask, phase estimate) to its logit:
+    # keeping or turning over a given estimate is learnt at once, not through the whole net
+    direct = layers.Conv3D(1, 1, dtype="float32", name="direct_logit")(grid)
+    y = layers.Add(name="logit_sum", dtype="float32")([y, direct])
     y = layers.Reshape(full, name="logit_grid")(y)
     logits = FromGrid(d.max_index, d.r2_max, dtype="float32", name="sign_logits")(y)
     return keras.Model({"intensity": e2, "mask": mask, "phase": phase}, logits, name=CORE_NAME)
