@@ -154,3 +154,42 @@ def test_flipping_from_random_starts_keeps_the_best_figure_of_merit(test_data):
     again = flip_from_random(p.hkl, p.amplitude, p.cell, p.symops, starts=3, cycles=40, seed=0)
     assert fom == foms.max() and len(foms) == 3 and np.array_equal(ph, again[0])
     assert np.isfinite(ph).all() and set(np.round(np.unique(ph), 6)) <= {0.0, round(np.pi, 6)}
+
+
+@pytest.mark.slow
+def test_a_trained_run_is_evaluated_stage_by_stage(tmp_path):
+    """Train a tiny phasing-net for one short epoch (with hints, on the fly), then evaluate it
+    as ``net:RUN_DIR``: one row per stage, named net:RUN/network, net:RUN/starts and net:RUN,
+    scored on the same reflections as sg-flipping and random."""
+    import pandas as pd
+
+    from tests.conftest import REPO_ROOT
+    from tests.training_helpers import make_dataset, run_phasenet
+
+    run = tmp_path / "run"
+    tiny = ["--set", "data.max_index=4", "--set", "model.filters=4", "--set", "model.mixer_blocks=1",
+            "--set", "model.token_width=8", "--set", "model.channel_width=8", "--set", "model.head_filters=2",
+            "--set", "data.epoch_size=32", "--set", "data.max_test=8", "--set", "run.batch_size=8",
+            "--set", "data.workers=0", "--set", "data.repeats=1", "--set", "data.synth_atoms=[6, 12]",
+            "--set", "output.plots=false", "--set", "output.tensorboard=false", "--quiet"]
+    done = run_phasenet(["train", REPO_ROOT / "training" / "phasing_net_cpu.toml", "--out", run, "--epochs", 1,
+                         *tiny], "jax", timeout=400)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    data = make_dataset(tmp_path, n=6, r2_max=None)
+    report = tmp_path / "report"
+    done = run_phasenet(["evaluate", data, "-o", report, "--method", f"net:{run}", "--method", "sg-flipping",
+                         "--method", "random", "--d-min", "2.0", "--limit", 3, "--net-starts", 2,
+                         "--no-atom-recovery", "--quiet"], "jax", timeout=400)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = pd.read_csv(report / "evaluation.csv")
+    names = {f"net:{run}/network", f"net:{run}/starts", f"net:{run}", "sg-flipping", "random"}
+    assert set(rows.method) == names
+    for name in names:
+        r = rows[rows.method == name]
+        assert len(r) == 3 and (r.status == "ok").all(), r[["method", "status", "reason"]]
+    # every stage is scored on the reflections the others are given
+    by = rows.pivot(index="index", columns="method", values="n_reflections")
+    assert (by.nunique(axis=1) == 1).all()
+    # the network alone phases the grid's reflections only (±4 here); the polish phases all
+    net = rows[rows.method == f"net:{run}"]
+    assert (net.n_phased == net.n_reflections).all()
