@@ -23,8 +23,10 @@ from phasenet.reflection_data import ReflectionData
 from phasenet.structure import AtomicModel
 
 DOC = REPO_ROOT / "docs" / "adding-a-phasing-method.md"
-BUILT_IN = ("true", "random", "patterson", "charge-flipping", "model:RUN_DIR")
-LISTED = "registered methods: true, random, patterson, charge-flipping, model:RUN_DIR"
+PLAIN = ("true", "random", "patterson", "charge-flipping", "sg-flipping", "net")
+FAMILIES = ("model:RUN_DIR", "net:RUN_DIR")
+BUILT_IN = PLAIN + FAMILIES
+LISTED = "registered methods: " + ", ".join(BUILT_IN)
 FILES = ["cod-tools_2231779.cif",  # P-1, I
          "NoSpherA2_epoxide.cif",  # P2₁/n, C2H4O
          "cod-tools_2219444.cif"]  # Pca2₁: no inversion centre
@@ -62,7 +64,7 @@ def test_documented_example_runs(real_cif_dir, tmp_path, monkeypatch, capsys, re
     namespace = {}
     for i, block in enumerate(code):
         exec(compile(block, f"{DOC.name}[python block {i}]", "exec"), namespace)
-    assert method_names() == BUILT_IN[:-1] + ("my-method", "model:RUN_DIR")
+    assert method_names() == PLAIN + ("my-method",) + FAMILIES
 
     rows = namespace["result"].rows
     mine = rows[rows.method == "my-method"].set_index(["id", "d_min"])

@@ -111,7 +111,7 @@ def test_from_dict_and_toml(tmp_path):
 
 
 def test_commands_are_modules_with_run(tmp_path, capsys):
-    assert [m.NAME for m in COMMANDS] == ["build", "info", "synth", "train", "evaluate", "merge",
+    assert [m.NAME for m in COMMANDS] == ["build", "info", "synth", "train", "evaluate", "solve", "merge",
                                           "slurm", "demo"]
     for m in COMMANDS:
         assert callable(m.add_arguments) and callable(m.run) and callable(m.execute)

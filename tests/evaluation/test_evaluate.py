@@ -164,6 +164,6 @@ def test_bad_inputs(tmp_path, capsys):
     assert "phasenet evaluate: error:" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "nope.h5"), "-o", str(tmp_path / "r"), "--method", "magic"]) == EXIT_ERROR
     assert ("Unknown phasing method 'magic'; registered methods: true, random, patterson, charge-flipping, "
-            "model:RUN_DIR") in capsys.readouterr().err
+            "sg-flipping, net, model:RUN_DIR, net:RUN_DIR") in capsys.readouterr().err
     with pytest.raises(EvaluationError, match="d_min"):
         EvaluateOptions(d_min=(1.0, -2.0))

@@ -15,7 +15,8 @@ TRAINING = Path(__file__).resolve().parents[2] / "training"
 EXPECTED_MEMBERS = {"study_width_sweep": 7, "study_autoencoder": 5, "study_loss_weights": 3,
                     "study_depth_709": 2, "study_dataset_size": 6, "study_dense_4630": 1,
                     "missed_origin_invariant": 1, "missed_wilson": 1, "missed_regularised_cell": 1,
-                    "demo": 1, "onthefly_mlp709": 1}
+                    "demo": 1, "onthefly_mlp709": 1, "phasing_net_cpu": 1, "phasing_net_gpu": 1,
+                    "phasing_net_gpu_sweep": 4}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_MEMBERS))
