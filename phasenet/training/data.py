@@ -631,7 +631,8 @@ def _slot_layout(src):
     if getattr(src, "hint", False):
         layout.append(("hint", (b, r)))
     if src.task == "sign":
-        layout.append(("y", (b, r, 4 if getattr(src, "hint", False) else 3)))
+        hinted = getattr(src, "hint", False) and getattr(src, "shuffle", False)  # training hints
+        layout.append(("y", (b, r, 4 if hinted else 3)))
     return layout
 
 

@@ -539,12 +539,14 @@ class OnTheFlySource:
             x["cell"] = cell_features(s.cell)
         w_src = s.intensity_calc if self.weight_source == "calc" else e2
         y = [s.sign, w_src, s.intensity_calc]
-        if self.hint:
+        if self.hint and self.shuffle:
             x["hint"] = phase_hint(s.sign, self.hint_range, self.hint_share,
                                    np.random.default_rng([self.seed, self.tag, 1 << 20, int(i)]))
             # a hint fixes the origin: its samples are scored at the stored origin (SignLoss)
             hinted = (np.abs(x["hint"]).max(axis=1, keepdims=True) > 0).astype(np.float32)
             y.append(np.broadcast_to(hinted, s.sign.shape))
+        elif self.hint:  # the test split: no hints (the model phases from nothing, as at inference)
+            x["hint"] = np.zeros_like(s.sign, dtype=np.float32)
         return x, np.stack(y, axis=-1)
 
     def start(self, first_batch: int = 0):
