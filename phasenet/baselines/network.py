@@ -109,8 +109,22 @@ class GridSymmetry:
         return (taken * self.factor).sum(axis=-2) / self.count
 
 
-def recycle(predictor, e2, mask, *, starts: int, cycles: int, seed: int, grid_symmetry=None,
-            batch_size: int = 256) -> np.ndarray:
+#: rows per network call: inputs are padded to a multiple, so that JAX/TensorFlow compile
+#: the model for one batch shape only (a new shape costs a compilation, seconds on a CPU)
+BATCH = 32
+
+
+def probabilities(predictor, e2, mask, phase) -> np.ndarray:
+    """P(phase 0) (N, R) from the predictor, in padded batches of :data:`BATCH` rows."""
+    n = len(e2)
+    pad = (-n) % BATCH
+    if pad:
+        e2, mask, phase = (np.concatenate([a, np.zeros((pad, a.shape[1]), np.float32)]) for a in (e2, mask, phase))
+    p = predictor.predict_sign_probability(e2, mask=mask, phase=phase.astype(np.float32), batch_size=BATCH)
+    return p[:n]
+
+
+def recycle(predictor, e2, mask, *, starts: int, cycles: int, seed: int, grid_symmetry=None) -> np.ndarray:
     """(N, S, R) P(phase 0) after ``cycles`` cycles from ``starts`` starts per structure
     (start 0 from no phases, the others from random signs of strength 0.7);
     ``grid_symmetry``: one :class:`GridSymmetry` per structure (or None)."""
@@ -123,7 +137,7 @@ def recycle(predictor, e2, mask, *, starts: int, cycles: int, seed: int, grid_sy
     masks = np.repeat(mask[:, None], starts, axis=1).reshape(-1, r)
     phase = phase.reshape(-1, r) * masks
     for c in range(max(1, cycles)):
-        p = predictor.predict_sign_probability(e2s, mask=masks, phase=phase, batch_size=batch_size)
+        p = probabilities(predictor, e2s, masks, phase)
         m = (2.0 * p - 1.0).reshape(n, starts, r)
         if grid_symmetry is not None:  # one GridSymmetry per structure
             m = np.stack([g.average(m[i]) for i, g in enumerate(grid_symmetry)])
@@ -241,7 +255,7 @@ def _refine(predictor, e2, mask, phases, pos, grid_symmetry, cycles) -> list:
     e2s, masks = np.repeat(e2[None], k, axis=0), np.repeat(mask[None], k, axis=0)
     m = start * masks
     for _ in range(max(1, cycles)):
-        p = predictor.predict_sign_probability(e2s, mask=masks, phase=m.astype(np.float32))
+        p = probabilities(predictor, e2s, masks, m)
         m = grid_symmetry.average(2.0 * p - 1.0) * masks
     out = []
     for i, ph in enumerate(phases):
