@@ -146,13 +146,18 @@ def recycle(predictor, e2, mask, *, starts: int, cycles: int, seed: int, grid_sy
 
 
 def _fom(hkl, e, phases, sym) -> float:
+    """The triplet consistency, minus 1 for the point-atom ("uranium") false solution."""
+    from phasenet.baselines.polish import uranium_like
     from phasenet.physics.figures_of_merit import triplet_consistency
 
     ok = np.isfinite(phases)
     if ok.sum() < 3:
         return float("-inf")
     v = triplet_consistency(hkl[ok], e[ok], phases[ok], sym)
-    return float(v) if np.isfinite(v) else float("-inf")
+    if not np.isfinite(v):
+        return float("-inf")
+    # the point-atom false solution ranks after every other (its triplets are all satisfied)
+    return float(v) - (1.0 if uranium_like(e, phases, hkl) else 0.0)
 
 
 def load_network(model=None):
