@@ -193,3 +193,17 @@ def test_a_trained_run_is_evaluated_stage_by_stage(tmp_path):
     # the network alone phases the grid's reflections only (±4 here); the polish phases all
     net = rows[rows.method == f"net:{run}"]
     assert (net.n_phased == net.n_reflections).all()
+
+
+def test_the_point_atom_false_solution_is_recognised_at_every_inversion_centre(test_data):
+    from phasenet.baselines.polish import uranium_like
+    from phasenet.physics.wilson import normalise_amplitudes
+    from phasenet.reflections import origin_sign_flips
+
+    p = problem(first_structure(test_data("p-1_organic.cif")), 1.5)
+    e = np.sqrt(normalise_amplitudes(p.hkl, p.amplitude, p.cell, p.symops).e2)
+    assert not uranium_like(e, p.phase_true, p.hkl)  # the answer
+    for f in origin_sign_flips(p.hkl):  # a point atom on each of the 8 centres
+        assert uranium_like(e, np.where(f > 0, 0.0, np.pi), p.hkl)
+    rng = np.random.default_rng(0)
+    assert not uranium_like(e, np.pi * rng.integers(0, 2, len(p)), p.hkl)
