@@ -74,7 +74,9 @@ def test_cif_round_trip_equals_build(synth_run, tmp_path):
     assert summary.ok and summary.n_structures == 10
     a, aa = _read_all(d / "one.h5")
     b, ab = _read_all(out)
-    assert_same_arrays(a, b, skip={"structures/source"})
+    # the intensities to 10⁻⁵ of each structure's strongest: the CIF's coordinates are rounded
+    # (5 decimals), and the sums' float rounding follows (measured: 4·10⁻⁷)
+    assert_same_arrays(a, b, skip={"structures/source"}, close={"intensity": 1e-5, "intensity_calc": 1e-5})
     assert set(aa) == set(ab) | {"synth"}
     for k in ab:
         assert str(aa[k]) == str(ab[k]), k
