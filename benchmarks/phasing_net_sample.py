@@ -19,8 +19,6 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 HERE = Path(__file__).resolve().parent

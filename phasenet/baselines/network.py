@@ -45,8 +45,6 @@ SUPPORTED = ("P -1", "P 1 21/c 1")
 #: kept over cctbx's charge flipping (measured: with a plain maximum, the triplet figure of
 #: merit preferred false polished solutions in 7 of 49 real structures at 1.0 Å)
 CF_MARGIN = 0.1
-#: The stages, in order; the last is the method's own row.
-STAGES = ("network", "starts", "polish")
 
 
 def shipped_model_dir() -> Path:
@@ -182,8 +180,8 @@ def predict(problems, model=None, options: NetworkOptions | None = None) -> list
     exception in its place. Also ``phasenet.predict``."""
     from phasenet.baselines.polish import charge_flip_polish
     from phasenet.physics.wilson import normalise_amplitudes
+    from phasenet.reflections import friedel_representative, lookup
     from phasenet.settings import reference_setting
-    from phasenet.symmetry import symmetry
     from phasenet.training.inputs import network_input
 
     options = options or NetworkOptions()
@@ -203,9 +201,7 @@ def predict(problems, model=None, options: NetworkOptions | None = None) -> list
     for j, (_, (change, hkl, amp, cell, sym)) in enumerate(prepared):
         x = network_input(grid, hkl, amp, cell, sym)
         e2[j], mask[j] = x.e2, x.mask
-        gsyms.append(_grid_symmetry(grid, sym))
-        from phasenet.reflections import friedel_representative, lookup
-
+        gsyms.append(GridSymmetry(grid, sym))
         positions.append(lookup(grid, friedel_representative(hkl)[0]))
     prob = recycle(predictor, e2, mask, starts=options.starts, cycles=options.cycles, seed=options.seed,
                    grid_symmetry=gsyms)
@@ -297,10 +293,6 @@ def _cctbx_candidate(hkl, amp, cell, sym, e, seed) -> tuple[float, np.ndarray]:
     return _fom(hkl, e, ph, sym), ph
 
 
-def _grid_symmetry(grid, sym):
-    return GridSymmetry(grid, sym)
-
-
 def _reference_problem(p, reference_setting):
     """(change or None, hkl, amplitude (NaN: not given), cell, symmetry) in the reference setting."""
     from phasenet.symmetry import symmetry
@@ -330,7 +322,6 @@ class NetworkMethod(PhasingMethod):
 
     needs = frozenset()
     execution = BATCHED
-    stages = STAGES
 
     def __init__(self, run_dir: str | None = None):
         self.run_dir = run_dir

@@ -15,7 +15,7 @@ space group: every cycle
 
 Amplitudes are |E| (sharp maps: CF converges on normalised amplitudes) with F(000) free.
 ``cycles`` cycles; the result is the phase set with the best figure of merit seen (the
-flipped map's skewness, :func:`map_skewness`) among the last cycles, so a
+flipped map's skewness, :func:`phasenet.physics.figures_of_merit.map_figures`) among the last cycles, so a
 polish that wanders does not lose a good start.
 """
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from phasenet.baselines.registry import NotApplicable, PhasingMethod
+from phasenet.physics.figures_of_merit import map_figures
 from phasenet.symmetry import symmetry
 
 #: δ as a multiple of the |E| map's standard deviation (F(000) = 0); measured: 0.4-0.6 converges
@@ -103,12 +104,6 @@ def uranium_like(e, phases, hkl=None) -> bool:
     return bool(share.max() > URANIUM_SHARE)
 
 
-def map_skewness(rho: np.ndarray) -> float:
-    v = rho - rho.mean()
-    s = v.std()
-    return float((v**3).mean() / s**3) if s > 0 else 0.0
-
-
 def charge_flip_polish(hkl, e, phases, cell, symops, *, cycles: int = 100, delta: float = DEFAULT_DELTA,
                        d_min: float | None = None, expansion: P1Expansion | None = None
                        ) -> tuple[np.ndarray, float]:
@@ -127,7 +122,7 @@ def charge_flip_polish(hkl, e, phases, cell, symops, *, cycles: int = 100, delta
         rho = x.density(amp, phi)
         sigma = rho.std()
         if c >= cycles // 2:  # the second half: keep the most skewed map's phases
-            fom = map_skewness(rho)
+            fom = map_figures(rho)["skewness"]
             if fom > best_fom:
                 best_phi, best_fom = phi, fom
         flipped = np.where(rho < delta * sigma, -rho, rho)
